@@ -1,0 +1,165 @@
+"""The codec registry: CompressAI zoo architectures by name, their rate-distortion
+operating points, and loading of pretrained or local weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from compressai.entropy_models import EntropyModel
+from compressai.models.utils import update_registered_buffers
+from compressai.zoo import image as zoo_image
+from compressai.zoo.pretrained import load_pretrained
+from torch import nn
+
+# Lagrange multipliers CompressAI's zoo codecs were trained with, by quality.
+LAMBDAS = {
+    "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
+    "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00),
+}
+METRICS = tuple(LAMBDAS)
+
+# Config names (and aliases) -> CompressAI zoo architecture names.
+ARCHITECTURES = {
+    "bmshj2018_factorized": "bmshj2018-factorized",
+    "bmshj2018_hyperprior": "bmshj2018-hyperprior",
+    "mbt2018_mean": "mbt2018-mean",
+    "mbt2018": "mbt2018",
+    "cheng2020_anchor": "cheng2020-anchor",
+    "cheng2020_attn": "cheng2020-attn",
+    "cheng2020": "cheng2020-anchor",
+}
+
+
+def zoo_name(arch: str) -> str:
+    """Canonical zoo name for a config name, a zoo name or an alias."""
+    name = ARCHITECTURES.get(arch, arch)
+    if name not in zoo_image.model_architectures:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ValueError(f"model.arch={arch!r} is not a known codec; choose one of: {known}")
+    return name
+
+
+def qualities(arch: str) -> tuple[int, ...]:
+    return tuple(sorted(zoo_image.cfgs[zoo_name(arch)]))
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"model.metric={metric!r} is unknown; choose one of: {', '.join(METRICS)}")
+    return metric
+
+
+def rd_lambda(metric: str, quality: int) -> float:
+    """The zoo's lambda for a distortion metric and quality (1-based)."""
+    check_metric(metric)
+    table = LAMBDAS[metric]
+    if not 1 <= int(quality) <= len(table):
+        raise ValueError(f"model.quality={quality} has no zoo lambda; choose 1..{len(table)}")
+    return table[int(quality) - 1]
+
+
+def build_codec(
+    arch: str,
+    quality: int = 3,
+    metric: str = "mse",
+    pretrained: bool = False,
+    N: int | None = None,
+    M: int | None = None,
+) -> nn.Module:
+    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths.
+
+    `N`/`M` override the zoo widths for the quality (e.g. a small codec for a CPU);
+    cheng2020 codecs have a single width `N`.
+    """
+    name = zoo_name(arch)
+    check_metric(metric)
+    valid = qualities(name)
+    if int(quality) not in valid:
+        raise ValueError(
+            f"model.quality={quality} is out of range for {name}; choose {valid[0]}..{valid[-1]}"
+        )
+    quality = int(quality)
+    widths = zoo_image.cfgs[name][quality]
+    if M is not None and len(widths) == 1:
+        raise ValueError(f"model.M={M} is not a width of {name}; it has only N")
+    if pretrained:
+        if N is not None or M is not None:
+            raise ValueError(
+                f"model.N/model.M cannot be combined with model.pretrained=true: "
+                f"{name} quality {quality} was trained with widths {widths}"
+            )
+        # CompressAI's own loader: torch hub's cache first, then the download.
+        return zoo_image._load_model(name, metric, quality, pretrained=True, progress=False)
+    overrides = (N, M)[: len(widths)]
+    widths = tuple(int(o) if o is not None else w for o, w in zip(overrides, widths, strict=True))
+    return zoo_image.model_architectures[name](*widths)
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrappers' prefixes: torch.compile's `_orig_mod.` and DataParallel's `module.`."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def read_codec_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The codec's state dict from an rnic Lightning checkpoint or a CompressAI state dict.
+
+    Returns the state dict and the codec class name recorded in an rnic checkpoint (else None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights={str(path)!r}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"model.weights={str(path)!r} is not a readable checkpoint: {err}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"model.weights={str(path)!r} holds a {type(ckpt).__name__}, not a state dict")
+    codec_class = None
+    if "rnic" in ckpt:  # written by rnic's CodecModule
+        codec_class = ckpt["rnic"].get("codec_class")
+        state = {k[len("codec.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
+    elif "state_dict" in ckpt:  # CompressAI's training script
+        state = ckpt["state_dict"]
+    else:
+        state = ckpt
+    return load_pretrained(strip_prefixes(state)), codec_class
+
+
+def load_codec_state(codec: nn.Module, state: dict[str, torch.Tensor], strict: bool = True):
+    """`codec.load_state_dict(state)` after resizing the entropy coder's tables to the stored sizes.
+
+    The tables (`_quantized_cdf`, ...) change size with every `update()`, and torch cannot load
+    a buffer of another size; CompressAI only resizes empty ones.
+    """
+    for name, module in codec.named_modules():
+        if isinstance(module, EntropyModel):
+            prefix = f"{name}." if name else ""
+            buffers = [b for b, _ in module.named_buffers(recurse=False) if f"{prefix}{b}" in state]
+            update_registered_buffers(module, name, buffers, state, policy="resize")
+    return codec.load_state_dict(state, strict=strict)
+
+
+def load_weights(codec: nn.Module, path: str | Path) -> nn.Module:
+    """Load local weights into `codec`, resizing the entropy coder's buffers to match."""
+    state, codec_class = read_codec_state(path)
+    if codec_class is not None and codec_class != type(codec).__name__:
+        raise ValueError(
+            f"model.weights={str(path)!r} holds a {codec_class} but model= builds a {type(codec).__name__}"
+        )
+    try:
+        load_codec_state(codec, state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ValueError(
+            f"model.weights={str(path)!r} does not fit {type(codec).__name__} as configured "
+            f"(check model= and model.N/model.M): {detail}"
+        ) from None
+    return codec

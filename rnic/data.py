@@ -1,0 +1,311 @@
+"""Images from disk or from installed packages, as 3-channel RGB float tensors in [0, 1]."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+# Natural photos that ship inside installed packages: (package, path inside it).
+SAMPLE_IMAGES = {
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "brick": ("skimage", "data/brick.png"),
+    "camera": ("skimage", "data/camera.png"),
+    "chelsea": ("skimage", "data/chelsea.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "grass": ("skimage", "data/grass.png"),
+    "gravel": ("skimage", "data/gravel.png"),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
+    "immunohistochemistry": ("skimage", "data/ihc.png"),
+    "moon": ("skimage", "data/moon.png"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png"),
+    "retina": ("skimage", "data/retina.jpg"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a (3, H, W) float tensor in [0, 1].
+
+    Grayscale is repeated to RGB, alpha is dropped, palettes are applied and
+    16-bit samples are scaled by 65535.
+    """
+    try:
+        array = iio.imread(path)
+    except Exception as err:
+        raise ValueError(f"cannot read image {str(path)!r}: {err}".splitlines()[0]) from None
+    if array.dtype == np.uint8:
+        scale = 255.0
+    elif array.dtype == np.uint16:
+        scale = 65535.0
+    elif array.dtype.kind == "f":
+        scale = 1.0
+    else:
+        raise ValueError(f"image {str(path)!r} has unsupported sample type {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"image {str(path)!r} has unsupported shape {array.shape}")
+    channels = array.shape[-1]
+    array = array[..., :1] if channels in (1, 2) else array[..., :3]
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / scale)
+    if not torch.isfinite(image).all():
+        raise ValueError(f"image {str(path)!r} holds NaN or infinite samples")
+    return image.permute(2, 0, 1).expand(3, -1, -1).clamp(0, 1).contiguous()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as err:
+        raise ValueError(f"cannot read image {str(path)!r}: {err}") from None
+    return height, width
+
+
+def find_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def split_by_fractions(files: Sequence[Path], fractions: Sequence[float], seed: int) -> dict:
+    """A deterministic split of `files` into train/val/test by fractions (shuffled by `seed`)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"data split fractions={list(fractions)} must be three numbers >= 0 summing to 1")
+    files = sorted(files)
+    random.Random(seed).shuffle(files)
+    n_val = round(fractions[1] * len(files))
+    n_test = round(fractions[2] * len(files))
+    n_train = len(files) - n_val - n_test
+    return {
+        "train": files[:n_train],
+        "val": files[n_train : n_train + n_val],
+        "test": files[n_train + n_val :],
+    }
+
+
+class SampleImages:
+    """The natural photos shipped by scikit-image, scikit-learn and matplotlib (no download)."""
+
+    def __init__(self, fractions: Sequence[float] = (0.75, 0.25, 0.0), seed: int = 0):
+        self.fractions = tuple(fractions)
+        self.seed = seed
+
+    @staticmethod
+    def paths() -> list[Path]:
+        paths = []
+        for name, (package, inner) in SAMPLE_IMAGES.items():
+            try:
+                path = Path(str(importlib.resources.files(package) / inner))
+            except ModuleNotFoundError:
+                raise FileNotFoundError(f"sample image {name!r} needs the package {package!r}") from None
+            if not path.is_file():
+                raise FileNotFoundError(f"sample image {name!r} is missing from {package}: {path}")
+            paths.append(path)
+        return paths
+
+    def splits(self) -> dict[str, list[Path]]:
+        return split_by_fractions(self.paths(), self.fractions, self.seed)
+
+    def __repr__(self) -> str:
+        return f"SampleImages(fractions={self.fractions}, seed={self.seed})"
+
+
+class ImageFolder:
+    """Images under `root`, split by subfolders, list files, or fractions of one folder.
+
+    Each of `train`/`val`/`test` is a path relative to `root`: a folder (searched
+    recursively) or a `.txt` file whose lines name images or folders relative to
+    `root / list_prefix` (Vimeo-90k's `sep_trainlist.txt`). `null` leaves the split empty.
+    With `fractions`, all images under `root` are split deterministically instead.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train: str | None = "train",
+        val: str | None = "val",
+        test: str | None = "test",
+        fractions: Sequence[float] | None = None,
+        seed: int = 0,
+        list_prefix: str = "",
+    ):
+        self.root = Path(root).expanduser()
+        self.parts = {"train": train, "val": val, "test": test}
+        self.fractions = tuple(fractions) if fractions is not None else None
+        self.seed = seed
+        self.list_prefix = list_prefix
+
+    def _resolve(self, split: str, part: str) -> list[Path]:
+        path = self.root / part
+        if path.is_file() and path.suffix == ".txt":
+            base = self.root / self.list_prefix
+            files = []
+            for line in path.read_text().split():
+                entry = base / line
+                files.extend(find_images(entry) if entry.is_dir() else [entry])
+            return files
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.{split}: {str(path)!r} is not a folder or a .txt list")
+        return find_images(path)
+
+    def splits(self) -> dict[str, list[Path]]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data root {str(self.root)!r} does not exist")
+        if self.fractions is not None:
+            files = find_images(self.root)
+            if not files:
+                raise FileNotFoundError(
+                    f"data root {str(self.root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            return split_by_fractions(files, self.fractions, self.seed)
+        return {s: self._resolve(s, p) if p is not None else [] for s, p in self.parts.items()}
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, parts={self.parts}, fractions={self.fractions})"
+
+
+class ImageDataset(Dataset):
+    """Decoded images, optionally transformed (random crops, flips, centre crops)."""
+
+    def __init__(self, files: Sequence[Path], transform=None, repeats: int = 1, cache: bool = False):
+        self.files = list(files)
+        self.transform = transform
+        self.repeats = repeats
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeats
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index %= len(self.files)
+        if self.cache is None:
+            image = read_image(self.files[index])
+        else:
+            if index not in self.cache:
+                self.cache[index] = read_image(self.files[index])
+            image = self.cache[index]
+        return self.transform(image) if self.transform is not None else image
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Random crops with flips for training; whole images (or centre crops) for val and test.
+
+    Whole images keep their size: they are padded to the codec's stride by the
+    LightningModule, so val/test batches hold one image unless a crop is set.
+    `train_repeats` visits each training image that many times per epoch (different
+    random crops), so that a small set still makes epochs of many batches;
+    `cache_images` keeps decoded images in memory (for small sets).
+    """
+
+    def __init__(
+        self,
+        source,
+        patch_size: int = 256,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        val_crop: int | None = None,
+        test_crop: int | None = None,
+        max_val_images: int | None = None,
+        num_workers: int = 0,
+        check_images: bool = True,
+        train_repeats: int = 1,
+        cache_images: bool = False,
+    ):
+        super().__init__()
+        self.source = source
+        self.patch_size = int(patch_size)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.crops = {"val": val_crop, "test": test_crop}
+        self.max_val_images = max_val_images
+        self.num_workers = num_workers
+        self.check_images = check_images
+        self.train_repeats = int(train_repeats)
+        self.cache_images = cache_images
+        self.files: dict[str, list[Path]] | None = None
+
+    def prepare(self) -> dict[str, list[Path]]:
+        """List and check the images of every split (once); errors name the file."""
+        if self.files is not None:
+            return self.files
+        splits = self.source.splits()
+        minimum = {"train": self.patch_size, "val": self.crops["val"], "test": self.crops["test"]}
+        checked = {}
+        for split in SPLITS:
+            files = []
+            for path in splits.get(split, []):
+                if not self.check_images:
+                    files.append(path)
+                    continue
+                try:
+                    height, width = image_size(path)
+                except ValueError as err:
+                    log.warning("skipping %s", err)
+                    continue
+                need = minimum[split]
+                if need and (height < need or width < need):
+                    key = "data.patch_size" if split == "train" else f"data.{split}_crop"
+                    raise ValueError(f"image {str(path)!r} is {height}x{width}, smaller than {key}={need}")
+                files.append(path)
+            if splits.get(split) and not files:
+                raise ValueError(f"no readable {split} images in {self.source}")
+            checked[split] = files
+        if self.max_val_images is not None:
+            checked["val"] = checked["val"][: self.max_val_images]
+        self.files = checked
+        return checked
+
+    def setup(self, stage: str | None = None) -> None:
+        files = self.prepare()
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        for split in needed:
+            if not files[split]:
+                raise ValueError(f"data: the {split} split is empty in {self.source}")
+
+    def dataset(self, split: str) -> ImageDataset:
+        files = self.prepare()[split]
+        if split == "train":
+            transform = v2.Compose(
+                [v2.RandomCrop(self.patch_size), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+            )
+            return ImageDataset(files, transform, repeats=self.train_repeats, cache=self.cache_images)
+        crop = self.crops[split]
+        return ImageDataset(files, v2.CenterCrop(crop) if crop else None, cache=self.cache_images)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)

@@ -1,0 +1,227 @@
+"""The LightningModule: a codec trained (or finetuned) for rate-distortion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from compressai.entropy_models import EntropyModel
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
+
+from rnic import rd
+from rnic.codecs import check_metric, load_codec_state, rd_lambda
+
+MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-px window
+
+
+def eval_metrics(prefix: str) -> MetricCollection:
+    # dim=(1, 2, 3): PSNR per image, then averaged, as codec papers report it.
+    return MetricCollection(
+        {
+            "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
+            "ms_ssim": MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0),
+        },
+        prefix=prefix,
+    )
+
+
+class CodecModule(L.LightningModule):
+    """Rate-distortion training of a CompressAI codec with its auxiliary (quantiles) loss.
+
+    Optimisation is manual: the main optimizer (clipped) and the aux optimizer step
+    once per batch. `training_inputs` is where a batch becomes (inputs, targets);
+    adversarial finetuning overrides it without touching the rest of the step.
+    """
+
+    def __init__(
+        self,
+        codec: nn.Module,
+        metric: str = "mse",
+        quality: int | None = None,
+        lmbda: float | None = None,
+        optimizer: Callable = torch.optim.Adam,
+        aux_optimizer: Callable = torch.optim.Adam,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "validation",
+        scheduler_monitor: str = "val/loss",
+        clip_max_norm: float | None = 1.0,
+        real_coding_images: int | None = None,
+    ):
+        super().__init__()
+        self.codec = codec
+        self.metric = check_metric(metric)
+        if lmbda is None:
+            if quality is None:
+                raise ValueError("model.lmbda is required when model.quality is not set")
+            lmbda = rd_lambda(metric, quality)
+        if not (float(lmbda) > 0 and math.isfinite(float(lmbda))):
+            raise ValueError(f"model.lmbda={lmbda} must be a positive number")
+        if scheduler_interval not in ("step", "validation"):
+            raise ValueError(f"module.scheduler_interval={scheduler_interval!r}: use 'step' or 'validation'")
+        self.lmbda = float(lmbda)
+        self.make_optimizer = optimizer
+        self.make_aux_optimizer = aux_optimizer
+        self.make_scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.clip_max_norm = clip_max_norm
+        self.real_coding_images = real_coding_images
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["codec", "optimizer", "aux_optimizer", "scheduler"])
+        self.val_metrics = eval_metrics("val/")
+        self.test_metrics = eval_metrics("test/")
+        self._coded_images = 0
+        # Under DDP: the quantiles take no gradient from the main loss, and the entropy
+        # coder's tables are rebuilt on every rank by `update()`; neither is synced.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"codec.{name}" for name, _ in self.codec.named_parameters() if name.endswith("quantiles")
+        ] + [
+            f"codec.{module_name}.{buffer_name}"
+            for module_name, module in self.codec.named_modules()
+            if isinstance(module, EntropyModel)
+            for buffer_name, _ in module.named_buffers(recurse=False)
+        ]
+
+    # --- optimisation -------------------------------------------------------------------------
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        main, aux = [], []
+        for name, param in self.codec.named_parameters():
+            if param.requires_grad:
+                (aux if name.endswith(".quantiles") else main).append(param)
+        return main, aux
+
+    def configure_optimizers(self):
+        main, aux = self.parameter_groups()
+        optimizer = self.make_optimizer(main)
+        optimizers = [optimizer, self.make_aux_optimizer(aux)]
+        if self.make_scheduler is None:
+            return optimizers
+        return optimizers, [self.make_scheduler(optimizer)]
+
+    def training_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(codec inputs, reconstruction targets) for a training batch."""
+        return x, x
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        optimizer, aux_optimizer = self.optimizers()
+        inputs, targets = self.training_inputs(batch)
+        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, inputs)
+        terms = rd.rate_distortion(x_hat, likelihoods, targets, self.lmbda, self.metric, num_pixels)
+        loss = terms["loss"].mean()
+        self.check_finite(loss)
+
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.clip_max_norm:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.clip_max_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+
+        aux_loss = self.codec.aux_loss()
+        aux_optimizer.zero_grad()
+        self.manual_backward(aux_loss)
+        # The raw optimizer: stepping the LightningOptimizer would count a second global step.
+        aux_optimizer.optimizer.step()
+
+        if self.make_scheduler is not None and self.scheduler_interval == "step":
+            self.lr_schedulers().step()
+
+        size = batch.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/aux_loss", aux_loss, batch_size=size)
+        self.log("train/bpp", terms["bpp"].mean(), prog_bar=True, batch_size=size)
+        self.log(
+            "train/psnr", rd.psnr(x_hat.detach().clamp(0, 1), targets).mean(), prog_bar=True, batch_size=size
+        )
+        if min(targets.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+            self.log("train/ms_ssim", rd.ms_ssim(x_hat.detach().clamp(0, 1), targets).mean(), batch_size=size)
+        return loss
+
+    def check_finite(self, loss: Tensor) -> None:
+        # Every rank decides together, so a NaN on one rank cannot leave the others waiting.
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise FloatingPointError(
+                f"train/loss is not finite ({loss.item()}) at step {self.global_step}: "
+                "lower module.optimizer.lr or check the data; no checkpoint was written for this step"
+            )
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def update_entropy_tables(self) -> None:
+        # Weights are identical on every rank, so every rank raises together.
+        if not all(torch.isfinite(p).all() for p in self.codec.parameters()):
+            raise FloatingPointError(
+                f"the codec's weights are not finite at step {self.global_step}: "
+                "lower module.optimizer.lr or check the data"
+            )
+        # Outside inference mode, so the rebuilt buffers stay ordinary tensors that a later
+        # load_state_dict can resize.
+        with torch.inference_mode(False), torch.no_grad():
+            self.codec.update(force=True)
+        self._coded_images = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self.update_entropy_tables()
+
+    def on_test_epoch_start(self) -> None:
+        self.update_entropy_tables()
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self.evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self.evaluate(batch, "test", self.test_metrics)
+
+    def evaluate(self, x: Tensor, stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
+        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x)
+        terms = rd.rate_distortion(x_hat, likelihoods, x, self.lmbda, self.metric, num_pixels)
+        x_hat = x_hat.clamp(0, 1)
+        size = x.shape[0]
+        log = dict(on_epoch=True, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/loss", terms["loss"].mean(), **log)
+        self.log(f"{stage}/bpp", terms["bpp"].mean(), **log)
+        metrics["psnr"].update(x_hat, x)
+        self.log(f"{stage}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
+        if min(x.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+            metrics["ms_ssim"].update(x_hat, x)
+            self.log(f"{stage}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
+        if self.real_coding_images is None or self._coded_images < self.real_coding_images:
+            decoded, bpp = rd.code(self.codec, x)
+            self._coded_images += size
+            self.log(f"{stage}/bpp_real", bpp.mean(), **log)
+            self.log(f"{stage}/psnr_real", rd.psnr(decoded, x).mean(), **log)
+        return {"x": x, "x_hat": x_hat}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.make_scheduler is None or self.scheduler_interval != "validation":
+            return
+        if self.trainer.sanity_checking:
+            return
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get(self.scheduler_monitor)
+            if value is None:
+                raise KeyError(f"module.scheduler_monitor={self.scheduler_monitor!r} was not logged")
+            scheduler.step(value)
+        else:
+            scheduler.step()
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rnic"] = {"codec_class": type(self.codec).__name__}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # The codec first, resizing the entropy coder's tables, which a load through this
+        # parent module would not; then everything, now that the sizes agree.
+        prefix = "codec."
+        codec_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        load_codec_state(self.codec, codec_state, strict=strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -1,0 +1,90 @@
+"""Every option of every config group composes, and builds what it names."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rnic.training import build_codec
+from tests.conftest import CONF, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", [m for m in options("model") if m != "custom"])
+def test_model_options_build_their_codec(tmp_path, model):
+    widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
+    cfg = compose_config(tmp_path, f"model={model}", *widths)
+    codec = build_codec(cfg)
+    expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
+    if expected:
+        assert type(codec).__name__ == expected
+    module = instantiate(cfg.module, codec=codec)
+    assert module.lmbda == {"mse": 0.0067}[cfg.model.metric]  # quality 3 by default
+
+
+def test_lambda_follows_metric_and_quality_unless_given(tmp_path):
+    cfg = compose_config(tmp_path, "model.metric=ms-ssim", "model.quality=5")
+    assert instantiate(cfg.module, codec=build_codec(cfg)).lmbda == 31.73
+    cfg = compose_config(tmp_path, "model.lmbda=0.5")
+    assert instantiate(cfg.module, codec=build_codec(cfg)).lmbda == 0.5
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_options_compose(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("RNIC_DATA_DIR", str(tmp_path / "datasets"))
+    extra = ["data.source.root=" + str(tmp_path)] if data == "folder" else []
+    cfg = compose_config(tmp_path, f"data={data}", *extra)
+    datamodule = instantiate(cfg.data)
+    if data == "sample":
+        assert len(datamodule.prepare()["train"]) == 12
+    elif data != "folder":
+        assert Path(OmegaConf.to_container(cfg, resolve=True)["data"]["source"]["root"]).parent == (
+            tmp_path / "datasets"
+        )
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_options_compose(tmp_path, trainer):
+    cfg = compose_config(tmp_path, f"trainer={trainer}")
+    assert cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
+    if trainer == "ddp_cpu":
+        assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy) == ("cpu", 2, "ddp")
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_logger_options_build_loggers(tmp_path, logger):
+    cfg = compose_config(tmp_path, f"logger={logger}")
+    loggers = [instantiate(entry) for entry in cfg.logger.values()]
+    assert loggers
+    if logger == "wandb":
+        assert cfg.logger.wandb.offline is True
+
+
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_callback_options_build(tmp_path, callbacks):
+    cfg = compose_config(tmp_path, f"callbacks={callbacks}")
+    for entry in (cfg.callbacks or {}).values():
+        instantiate(entry)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_options_compose(tmp_path, experiment):
+    cfg = compose_config(tmp_path, f"experiment={experiment}")
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_codec_outside_the_zoo_plugs_in_with_target(tmp_path):
+    cfg = compose_config(
+        tmp_path,
+        "model=custom",
+        "model.codec._target_=compressai.models.FactorizedPrior",
+        "+model.codec.N=8",
+        "+model.codec.M=12",
+        "model.lmbda=0.01",
+    )
+    codec = build_codec(cfg)
+    assert type(codec).__name__ == "FactorizedPrior" and codec.M == 12

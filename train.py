@@ -1,0 +1,16 @@
+"""Train or finetune a learned image codec: `python train.py model=... data=... [attack=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from rnic.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", "val/loss"))
+
+
+if __name__ == "__main__":
+    main()
