@@ -195,7 +195,7 @@ class CodecModule(L.LightningModule):
         if self.real_coding_images is None or self._coded_images < self.real_coding_images:
             decoded, bpp = rd.code(self.codec, x)
             self._coded_images += size
-            self.log(f"{stage}/bpp_real", bpp.mean(), **log)
+            self.log(f"{stage}/bpp_real", bpp.mean().float().to(self.device), **log)
             self.log(f"{stage}/psnr_real", rd.psnr(decoded, x).mean(), **log)
         return {"x": x, "x_hat": x_hat}
 

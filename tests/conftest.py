@@ -64,3 +64,43 @@ def tiny_cfg(tmp_path):
         return compose_config(tmp_path, *TINY, *tiny_widths(overrides), *overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A small hyperprior codec trained for 300 steps on the sample photos (an rnic checkpoint)."""
+    from rnic.training import train
+
+    output_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        output_dir,
+        *TINY,
+        "model.N=32",
+        "model.M=48",
+        "data.batch_size=4",
+        "module.optimizer.lr=1e-3",
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=300",
+        "trainer.log_every_n_steps=50",
+        "callbacks.last_checkpoint.every_n_train_steps=300",
+    )
+    train(cfg)
+    return output_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_codec(trained_checkpoint):
+    from rnic.codecs import build_codec, load_weights
+
+    codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), trained_checkpoint).eval()
+    codec.update(force=True)
+    return codec
+
+
+@pytest.fixture(scope="session")
+def photos() -> torch.Tensor:
+    """Two 192x192 crops of val sample photos."""
+    from rnic.data import SampleImages, read_image
+
+    paths = SampleImages().splits()["val"][:2]
+    return torch.stack([read_image(p)[:, :192, :192] for p in paths])

@@ -144,9 +144,11 @@ def test_unknown_model_name_is_refused_by_the_entry_point(tmp_path):
 def test_wandb_offline_run_logs_metrics_config_and_images(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     train(tiny_cfg("logger=wandb"))
-    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    run = runs[0]
     files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
-    assert any(f.startswith("files/media/images/val/reconstructions") for f in files)
+    assert any(f.startswith("files/media/images/val/reconstructions") for f in files), sorted(files)
     # The run's record log (what `wandb sync` uploads) holds the config and the metrics.
     (record_log,) = run.glob("*.wandb")
     records = record_log.read_bytes()

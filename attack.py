@@ -1,0 +1,17 @@
+"""Attack a learned image codec and measure the damage on real bitstreams:
+`python attack.py model=... model.weights=PATH attack=threshold data=kodak`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from rnic.robustness import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="attack")
+def main(cfg: DictConfig) -> float | None:
+    curve = evaluate(cfg)
+    return curve[-1]["psnr_adv"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The attack interface: `x_adv = attack(x)`, torchattacks-style, independent of Lightning."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
+from rnic.attacks.objectives import Context, Objective
+from rnic.attacks.proxy import check_proxy, quantization_proxy
+
+
+class ZeroGradientError(RuntimeError):
+    """The attack's gradient is exactly zero: it cannot move."""
+
+
+def check_budget(value: float | Tensor, name: str) -> Tensor:
+    budget = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if not bool((budget > 0).all()):
+        raise ValueError(f"attack.{name}={value} must be > 0")
+    return budget
+
+
+def per_image(value: float | Tensor, x: Tensor, name: str) -> Tensor:
+    """A budget as a (B, 1, 1, 1) tensor: one number for the batch, or one per image."""
+    budget = check_budget(value, name).to(device=x.device, dtype=x.dtype)
+    if budget.numel() == 1:
+        budget = budget.expand(x.shape[0])
+    if budget.numel() != x.shape[0]:
+        raise ValueError(f"attack.{name} has {budget.numel()} values for a batch of {x.shape[0]} images")
+    return budget.view(-1, 1, 1, 1)
+
+
+def to_8bit(x: Tensor, x_adv: Tensor) -> Tensor:
+    """The adversarial image as 8-bit samples (what a PNG delivers), rounding the perturbation
+    toward the source so that no budget is exceeded."""
+    source = torch.round(x * 255)
+    levels = source + torch.trunc(x_adv * 255 - source)
+    return levels.clamp(0, 255) / 255  # exactly what decoding the 8-bit PNG gives
+
+
+class Attack:
+    """Base class: `attack(x)` returns adversarial images in [0, 1], same shape as `x`.
+
+    Subclasses implement `perturb(x, ctx, eps)`. Gradients are taken with respect to the
+    perturbation only (`torch.autograd.grad`): the codec's parameters never get `.grad`.
+    The codec runs in eval mode, with `proxy` standing in for its rounding.
+    """
+
+    def __init__(
+        self,
+        codec: nn.Module,
+        eps: float | Tensor = 8 / 255,
+        objective: Objective | None = None,
+        proxy: str = "skip",
+        round_8bit: bool = False,
+        seed: int | None = 0,
+    ):
+        self.codec = codec
+        self.eps = eps
+        self.objective = objective if objective is not None else Objective()
+        self.proxy = check_proxy(proxy)
+        self.round_8bit = round_8bit
+        self.seed = seed
+        check_budget(eps, "eps")  # a bad budget fails here, before any attack
+
+    def __call__(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        eps: float | Tensor | None = None,
+    ) -> Tensor:
+        if target is not None and target.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"attack target is {tuple(target.shape[-2:])}, the images are {tuple(x.shape[-2:])}"
+            )
+        eps = per_image(self.eps if eps is None else eps, x, "eps")
+        was_training = self.codec.training
+        self.codec.eval()
+        devices = [x.device] if x.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices, enabled=self.seed is not None), torch.enable_grad():
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                ctx = self.objective.context(self.codec, x, target, mask)
+                with quantization_proxy(self.codec, self.proxy):
+                    x_adv = self.perturb(x.detach(), ctx, eps)
+        finally:
+            self.codec.train(was_training)
+        x_adv = x_adv.detach().clamp(0, 1)
+        return to_8bit(x, x_adv) if self.round_8bit else x_adv
+
+    def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def value(self, x_adv: Tensor, ctx: Context) -> Tensor:
+        """The objective of each image, through the codec's forward under the proxy."""
+        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x_adv)
+        return self.objective(x_hat, likelihoods, num_pixels, x_adv, ctx)
+
+    def check_gradient(self, grad: Tensor) -> None:
+        dead = grad.flatten(1).abs().amax(1) == 0
+        if bool(dead.any()):
+            raise ZeroGradientError(
+                f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s). "
+                f"With proxy={self.proxy!r} "
+                + (
+                    "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
+                    if self.proxy == "none"
+                    else "the attack starts at a "
+                    "stationary point (e.g. reference=clean with no random start): use random_start=true."
+                )
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps}, objective={self.objective}, proxy={self.proxy})"
+
+
+class NoAttack(Attack):
+    """The identity: clean baselines through the same pipeline."""
+
+    def __init__(self, codec: nn.Module, **kwargs):
+        super().__init__(codec, **kwargs)
+
+    def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
+        return x.clone()

@@ -1,0 +1,153 @@
+"""Every attack on a trained small codec: budgets, strength against noise, determinism, guards."""
+
+import pytest
+import torch
+
+from rnic import rd
+from rnic.attacks import PGD, NoAttack, Objective, ThresholdAttack, ZeroGradientError
+from rnic.attacks.pgd import l2_norm
+
+LINF = 4 / 255
+
+
+def attacks(codec):
+    return {
+        "linf": PGD(codec, norm="linf", eps=LINF, alpha=1 / 255, steps=10),
+        "l2": PGD(codec, norm="l2", eps=1.5, alpha=0.4, steps=10),
+        "threshold": ThresholdAttack(codec, eps=1e-4, steps=40, lr=0.01),
+    }
+
+
+def noise_like(x, name, attack):
+    """Uniform noise with the same budget as the attack."""
+    generator = torch.Generator().manual_seed(1)
+    u = torch.rand(x.shape, generator=generator) * 2 - 1
+    if name == "linf":
+        return (x + LINF * u).clamp(0, 1)
+    if name == "l2":
+        return (x + u * attack.eps / l2_norm(u) * 0.999).clamp(0, 1)
+    return (x + u * (3 * attack.eps) ** 0.5).clamp(0, 1)  # MSE of U(-a, a) is a^2 / 3
+
+
+@pytest.mark.parametrize("name", ["linf", "l2", "threshold"])
+def test_budget_holds_and_the_attack_beats_noise(trained_codec, photos, name):
+    attack = attacks(trained_codec)[name]
+    x_adv = attack(photos)
+
+    assert x_adv.shape == photos.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    if name == "linf":
+        assert (x_adv - photos).abs().max() <= LINF + 1e-6
+    elif name == "l2":
+        assert (l2_norm(x_adv - photos) <= attack.eps).all()
+    else:
+        assert (rd.mse(x_adv, photos) <= attack.eps).all()
+    assert all(p.grad is None for p in trained_codec.parameters())
+
+    clean = rd.code(trained_codec, photos)[0]
+    attacked = rd.code(trained_codec, x_adv)[0]
+    noisy = rd.code(trained_codec, noise_like(photos, name, attack))[0]
+    assert (rd.mse(attacked, clean) > 2 * rd.mse(noisy, clean)).all()
+
+
+def test_per_image_budgets(trained_codec, photos):
+    eps = torch.tensor([1 / 255, 6 / 255])
+    x_adv = PGD(trained_codec, eps=eps, alpha=1 / 255, steps=3)(photos)
+    linf = (x_adv - photos).flatten(1).abs().amax(1)
+    assert (linf <= eps + 1e-6).all() and linf[1] > eps[0] + 1e-6
+
+
+def test_8bit_delivery_keeps_the_budget_and_the_grid(trained_codec, photos):
+    x = torch.round(photos * 255) / 255
+    x_adv = ThresholdAttack(trained_codec, eps=1e-4, steps=10, round_8bit=True)(x)
+    assert torch.equal(torch.round(x_adv * 255) / 255, x_adv)
+    assert (rd.mse(x_adv, x) <= 1e-4).all()
+
+
+def test_same_seed_same_result(trained_codec, photos):
+    first = PGD(trained_codec, eps=LINF, steps=3, seed=7)(photos)
+    again = PGD(trained_codec, eps=LINF, steps=3, seed=7)(photos)
+    other = PGD(trained_codec, eps=LINF, steps=3, seed=8)(photos)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_eval_mode_rounding_is_caught(trained_codec, photos):
+    with pytest.raises(ZeroGradientError, match="proxy='none'"):
+        PGD(trained_codec, eps=LINF, steps=2, proxy="none")(photos)
+
+
+def test_a_stationary_start_is_caught(trained_codec, photos):
+    # With straight-through rounding, the reconstruction equals the clean one until a latent
+    # flips: the distortion against the clean reconstruction has zero gradient at the source.
+    with pytest.raises(ZeroGradientError, match="random_start"):
+        PGD(trained_codec, eps=LINF, steps=2, random_start=False, proxy="ste")(photos)
+
+
+@pytest.mark.parametrize("proxy", ["noise", "ste"])
+def test_other_proxies_attack_too(trained_codec, photos, proxy):
+    x_adv = PGD(trained_codec, eps=LINF, alpha=1 / 255, steps=5, proxy=proxy)(photos)
+    clean = rd.code(trained_codec, photos)[0]
+    assert (
+        rd.mse(rd.code(trained_codec, x_adv)[0], clean) > rd.mse(rd.code(trained_codec, photos)[0], clean)
+    ).all()
+
+
+def test_targeted_attack_moves_the_reconstruction_toward_the_target(trained_codec, photos):
+    target = photos.flip(0)  # each image's target is the other photo
+    mask = torch.zeros(1, 1, 192, 192)
+    mask[..., 64:128, 64:128] = 1
+    objective = Objective(kind="targeted")
+    x_adv = PGD(trained_codec, eps=16 / 255, alpha=2 / 255, steps=15, objective=objective)(
+        photos, target, mask
+    )
+    before = rd.mse(rd.code(trained_codec, photos)[0] * mask, target * mask)
+    after = rd.mse(rd.code(trained_codec, x_adv)[0] * mask, target * mask)
+    assert (after < 0.8 * before).all()
+
+
+def test_rate_attack_raises_the_real_bitrate(trained_codec, photos):
+    attack = PGD(trained_codec, eps=LINF, alpha=1 / 255, steps=10, objective=Objective(kind="rate"))
+    bpp_attacked = rd.code(trained_codec, attack(photos))[1]
+    bpp_noise = rd.code(trained_codec, noise_like(photos, "linf", attack))[1]
+    assert (bpp_attacked > 1.05 * bpp_noise).all()
+
+
+@pytest.mark.parametrize("reference", ["source", "input"])
+def test_rd_and_reference_variants_run_within_budget(trained_codec, photos, reference):
+    objective = Objective(kind="rd", reference=reference, lmbda=0.01)
+    x_adv = PGD(trained_codec, eps=LINF, steps=2, objective=objective)(photos)
+    assert (x_adv - photos).abs().max() <= LINF + 1e-6
+
+
+def test_ms_ssim_objective_and_input_metric(trained_codec, photos):
+    objective = Objective(distortion="ms-ssim")
+    x_adv = ThresholdAttack(trained_codec, eps=0.01, input_metric="ms-ssim", steps=5, objective=objective)(
+        photos
+    )
+    assert (1 - rd.ms_ssim(x_adv, photos) <= 0.01).all()
+
+
+def test_no_attack_is_the_identity(trained_codec, photos):
+    assert torch.equal(NoAttack(trained_codec)(photos), photos)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda c: PGD(c, eps=0), "attack.eps=0 must be > 0"),
+        (lambda c: PGD(c, eps=-1 / 255), "must be > 0"),
+        (lambda c: PGD(c, steps=0), "attack.steps=0 must be >= 1"),
+        (lambda c: PGD(c, norm="l1"), "attack.norm='l1' is unknown"),
+        (lambda c: PGD(c, proxy="round"), "attack.proxy='round' is unknown"),
+        (lambda c: ThresholdAttack(c, restarts=0), "attack.restarts=0"),
+        (lambda c: Objective(kind="psnr"), "attack.objective.kind='psnr' is unknown"),
+        (lambda c: Objective(kind="rd"), "attack.objective.lmbda=None must be > 0"),
+    ],
+)
+def test_bad_settings_are_named(trained_codec, make, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        make(trained_codec)
+
+
+def test_a_target_of_another_size_is_refused(trained_codec, photos):
+    with pytest.raises(ValueError, match="attack target is"):
+        PGD(trained_codec, objective=Objective(kind="targeted"))(photos, target=photos[:, :, :64, :64])

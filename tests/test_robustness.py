@@ -1,0 +1,176 @@
+"""attack.py's evaluation, run for real on a trained small codec and the sample photos."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnic import rd
+from rnic.codecs import build_codec, load_weights
+from rnic.data import read_image
+from rnic.robustness import COLUMNS, evaluate
+from tests.conftest import ROOT, compose_config
+
+FIELDS = {"image", *COLUMNS}
+
+
+def attack_cfg(tmp_path, checkpoint, *overrides):
+    return compose_config(
+        tmp_path,
+        "model=bmshj2018_hyperprior",
+        "model.N=32",
+        "model.M=48",
+        f"model.weights={checkpoint}",
+        "data.val_crop=192",
+        "max_images=2",
+        "attack=linf",
+        "attack.eps=0.0157",
+        "attack.steps=4",
+        *overrides,
+        config_name="attack",
+    )
+
+
+def test_results_hold_every_figure_and_the_real_bitrate(tmp_path, trained_checkpoint):
+    (mean,) = evaluate(attack_cfg(tmp_path, trained_checkpoint, "attack.save_images=true"))
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["images"]) == 2
+    for record in results["images"]:
+        assert set(record) >= FIELDS
+        assert record["linf"] <= 0.0157 * 255 + 1e-3
+        assert record["psnr_adv"] < record["psnr_clean"]
+    assert results["mean"]["psnr_adv"] == pytest.approx(mean["psnr_adv"])
+
+    # The reported bpp is the size of the bitstreams compress() writes for those exact images.
+    codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), trained_checkpoint).eval()
+    codec.update(force=True)
+    for record in results["images"]:
+        x_adv = read_image(tmp_path / "adversarial" / f"{record['image']}.png")[None]
+        strings = codec.compress(rd.pad(x_adv)[0])["strings"]
+        bits = 8 * sum(len(s[0]) for s in strings)
+        assert record["bpp_adv"] == pytest.approx(bits / (192 * 192), rel=1e-9)
+
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [r["image"] for r in results["images"]] + ["mean"]
+    assert float(rows[0]["bpp_clean"]) == pytest.approx(results["images"][0]["bpp_clean"])
+    assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == sorted(
+        f"{r['image']}.png" for r in results["images"]
+    )
+
+
+def test_a_rerun_skips_measured_images(tmp_path, trained_checkpoint):
+    evaluate(attack_cfg(tmp_path, trained_checkpoint, "max_images=1"))
+    first = json.loads((tmp_path / "results.json").read_text())["images"]
+    evaluate(attack_cfg(tmp_path, trained_checkpoint, "max_images=2"))
+    both = json.loads((tmp_path / "results.json").read_text())["images"]
+    assert len(both) == 2 and both[0] == first[0]  # untouched, seconds included
+
+
+def test_transfer_round_trip(tmp_path, trained_checkpoint):
+    source = tmp_path / "source"
+    evaluate(attack_cfg(source, trained_checkpoint, "attack.save_images=true"))
+    replay = tmp_path / "replay"
+    evaluate(attack_cfg(replay, trained_checkpoint, f"attack.load_from={source}"))
+    original = json.loads((source / "results.json").read_text())["images"]
+    replayed = json.loads((replay / "results.json").read_text())["images"]
+    for a, b in zip(original, replayed, strict=True):
+        assert a["bpp_adv"] == b["bpp_adv"] and a["psnr_adv"] == pytest.approx(b["psnr_adv"])
+
+    other = tmp_path / "other"  # the same adversarial images on another codec
+    evaluate(
+        attack_cfg(
+            other,
+            trained_checkpoint,
+            f"attack.load_from={source}",
+            "model=bmshj2018_factorized",
+            "model.weights=null",
+            "model.N=16",
+            "model.M=16",
+        )
+    )
+    assert len(json.loads((other / "results.json").read_text())["images"]) == 2
+
+
+def test_a_list_of_budgets_draws_a_robustness_curve(tmp_path, trained_checkpoint):
+    curve = evaluate(attack_cfg(tmp_path, trained_checkpoint, "attack.eps=[0.004,0.0157]", "max_images=1"))
+    assert [c["eps"] for c in curve] == [0.004, 0.0157]
+    assert curve[0]["psnr_in"] > curve[1]["psnr_in"]
+    assert (tmp_path / "robustness_curve.png").stat().st_size > 10_000
+    assert (tmp_path / "eps_0.004" / "results.json").is_file()
+    assert json.loads((tmp_path / "curve.json").read_text())[1]["eps"] == 0.0157
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["attack.eps=0"], ValueError, "attack.eps=0 must be > 0"),
+        (["attack.eps=[0.01,-0.01]"], ValueError, "must be > 0"),
+        (["attack.steps=0"], ValueError, "attack.steps=0 must be >= 1"),
+        (["attack=threshold", "attack.steps=0"], ValueError, "attack.steps=0 must be >= 1"),
+        (
+            ["model=bmshj2018_factorized"],
+            ValueError,
+            "holds a ScaleHyperprior but model= builds a FactorizedPrior",
+        ),
+        (["attack.load_from=/nonexistent"], FileNotFoundError, "lacks 2 adversarial image"),
+        (["split=train2"], ValueError, "split='train2' is not one of"),
+    ],
+)
+def test_bad_input_fails_before_any_attack(tmp_path, trained_checkpoint, overrides, error, message):
+    with pytest.raises(error, match=message.replace(".", r"\.").replace("(", r"\(")):
+        evaluate(attack_cfg(tmp_path, trained_checkpoint, *overrides))
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_target_of_another_size_fails_before_any_attack(tmp_path, trained_checkpoint):
+    import imageio.v3 as iio
+    import numpy as np
+
+    target = tmp_path / "target.png"
+    iio.imwrite(target, np.zeros((64, 64, 3), dtype=np.uint8))
+    cfg = attack_cfg(
+        tmp_path, trained_checkpoint, f"attack.target={target}", "attack.objective.kind=targeted"
+    )
+    with pytest.raises(ValueError, match=r"attack.target=.*target.png' is \(64, 64\)"):
+        evaluate(cfg)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_attack_py_entry_point(tmp_path, trained_checkpoint):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "attack.py",
+            "model=bmshj2018_hyperprior",
+            "model.N=32",
+            "model.M=48",
+            f"model.weights={trained_checkpoint}",
+            "attack=threshold",
+            "attack.steps=5",
+            "data.val_crop=192",
+            "max_images=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "psnr_adv" in result.stdout and "mean" in result.stdout
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_unknown_attack_is_refused(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "attack.py", "attack=fgsm2", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Could not find 'attack/fgsm2'" in result.stderr
