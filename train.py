@@ -9,7 +9,7 @@ from rnic.training import train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/loss"))
+    return metrics.get(cfg.get("optimized_metric", "val/clean/loss"))
 
 
 if __name__ == "__main__":

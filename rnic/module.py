@@ -13,19 +13,19 @@ from torchmetrics import MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
+from rnic.adversarial import AdversarialMixing
 from rnic.codecs import check_metric, load_codec_state, rd_lambda
 
 MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-px window
 
 
-def eval_metrics(prefix: str) -> MetricCollection:
+def eval_metrics() -> MetricCollection:
     # dim=(1, 2, 3): PSNR per image, then averaged, as codec papers report it.
     return MetricCollection(
         {
             "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
             "ms_ssim": MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0),
-        },
-        prefix=prefix,
+        }
     )
 
 
@@ -33,8 +33,9 @@ class CodecModule(L.LightningModule):
     """Rate-distortion training of a CompressAI codec with its auxiliary (quantiles) loss.
 
     Optimisation is manual: the main optimizer (clipped) and the aux optimizer step
-    once per batch. `training_inputs` is where a batch becomes (inputs, targets);
-    adversarial finetuning overrides it without touching the rest of the step.
+    once per batch. With `adversarial` mixing, part of each batch is replaced by adversarial
+    examples against the current codec (`training_inputs`), and validation and test also run
+    on attacked images: metrics are logged as `{val,test}/clean/*` and `{val,test}/attacked/*`.
     """
 
     def __init__(
@@ -47,12 +48,14 @@ class CodecModule(L.LightningModule):
         aux_optimizer: Callable = torch.optim.Adam,
         scheduler: Callable | None = None,
         scheduler_interval: str = "validation",
-        scheduler_monitor: str = "val/loss",
+        scheduler_monitor: str = "val/clean/loss",
         clip_max_norm: float | None = 1.0,
         real_coding_images: int | None = None,
+        adversarial: AdversarialMixing | None = None,
     ):
         super().__init__()
         self.codec = codec
+        self.adversarial = adversarial
         self.metric = check_metric(metric)
         if lmbda is None:
             if quality is None:
@@ -71,9 +74,10 @@ class CodecModule(L.LightningModule):
         self.clip_max_norm = clip_max_norm
         self.real_coding_images = real_coding_images
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["codec", "optimizer", "aux_optimizer", "scheduler"])
-        self.val_metrics = eval_metrics("val/")
-        self.test_metrics = eval_metrics("test/")
+        self.save_hyperparameters(ignore=["codec", "optimizer", "aux_optimizer", "scheduler", "adversarial"])
+        self.eval_metrics = nn.ModuleDict(
+            {f"{stage}_{kind}": eval_metrics() for stage in ("val", "test") for kind in ("clean", "attacked")}
+        )
         self._coded_images = 0
         # Under DDP: the quantiles take no gradient from the main loss, and the entropy
         # coder's tables are rebuilt on every rank by `update()`; neither is synced.
@@ -105,7 +109,9 @@ class CodecModule(L.LightningModule):
 
     def training_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(codec inputs, reconstruction targets) for a training batch."""
-        return x, x
+        if self.adversarial is None:
+            return x, x
+        return self.adversarial.mix(x, self.global_step)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
@@ -141,6 +147,8 @@ class CodecModule(L.LightningModule):
         )
         if min(targets.shape[-2:]) >= MS_SSIM_MIN_SIDE:
             self.log("train/ms_ssim", rd.ms_ssim(x_hat.detach().clamp(0, 1), targets).mean(), batch_size=size)
+        if self.adversarial is not None:
+            self.log("train/adv_images", float(self.adversarial.count(size)), batch_size=size)
         return loss
 
     def check_finite(self, loss: Tensor) -> None:
@@ -174,35 +182,60 @@ class CodecModule(L.LightningModule):
         self.update_entropy_tables()
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        return self.evaluate(batch, "val", self.val_metrics)
+        return self.evaluate(batch, "val")
 
     def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        return self.evaluate(batch, "test", self.test_metrics)
+        return self.evaluate(batch, "test")
 
-    def evaluate(self, x: Tensor, stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
-        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x)
-        terms = rd.rate_distortion(x_hat, likelihoods, x, self.lmbda, self.metric, num_pixels)
+    def evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        """Clean metrics, and with an attack, the same on the attacked images plus VI."""
+        code = self.real_coding_images is None or self._coded_images < self.real_coding_images
+        self._coded_images += x.shape[0]
+        x_hat = self.measure(x, x, stage, "clean", code)
+        outputs = {"x": x, "x_hat": x_hat}
+        if self.adversarial is None or not self.adversarial.validate:
+            return outputs
+        # Evaluation runs under inference mode; the attack needs gradients.
+        with torch.inference_mode(False), torch.enable_grad():
+            x_adv = self.adversarial.attack(x.clone()).detach()
+        x_hat_adv = self.measure(x_adv, x, stage, "attacked", code)
+        vi = 10 * torch.log10(rd.mse(x_hat_adv, x_hat) / rd.mse(x_adv, x).clamp_min(1e-12))
+        self.log(f"{stage}/attacked/vi", vi.mean(), on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        self.log(
+            f"{stage}/attacked/psnr_in",
+            rd.psnr(x_adv, x).mean(),
+            on_epoch=True,
+            batch_size=x.shape[0],
+            sync_dist=True,
+        )
+        return {**outputs, "x_adv": x_adv, "x_hat_adv": x_hat_adv}
+
+    def measure(self, inputs: Tensor, source: Tensor, stage: str, kind: str, code: bool) -> Tensor:
+        """Log the codec's figures on `inputs` against `source`; returns the reconstruction."""
+        prefix = f"{stage}/{kind}"
+        metrics = self.eval_metrics[f"{stage}_{kind}"]
+        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, inputs)
+        terms = rd.rate_distortion(x_hat, likelihoods, source, self.lmbda, self.metric, num_pixels)
         x_hat = x_hat.clamp(0, 1)
-        size = x.shape[0]
+        size = source.shape[0]
         log = dict(on_epoch=True, batch_size=size, sync_dist=True)
-        self.log(f"{stage}/loss", terms["loss"].mean(), **log)
-        self.log(f"{stage}/bpp", terms["bpp"].mean(), **log)
-        metrics["psnr"].update(x_hat, x)
-        self.log(f"{stage}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
-        if min(x.shape[-2:]) >= MS_SSIM_MIN_SIDE:
-            metrics["ms_ssim"].update(x_hat, x)
-            self.log(f"{stage}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
-        if self.real_coding_images is None or self._coded_images < self.real_coding_images:
-            decoded, bpp = rd.code(self.codec, x)
-            self._coded_images += size
-            self.log(f"{stage}/bpp_real", bpp.mean().float().to(self.device), **log)
-            self.log(f"{stage}/psnr_real", rd.psnr(decoded, x).mean(), **log)
-        return {"x": x, "x_hat": x_hat}
+        self.log(f"{prefix}/loss", terms["loss"].mean(), **log)
+        self.log(f"{prefix}/bpp", terms["bpp"].mean(), **log)
+        metrics["psnr"].update(x_hat, source)
+        self.log(f"{prefix}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
+        if min(source.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+            metrics["ms_ssim"].update(x_hat, source)
+            self.log(f"{prefix}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
+        if code:
+            decoded, bpp = rd.code(self.codec, inputs)
+            self.log(f"{prefix}/bpp_real", bpp.mean().float().to(self.device), **log)
+            self.log(f"{prefix}/psnr_real", rd.psnr(decoded, source).mean(), **log)
+        return x_hat
 
     def on_validation_epoch_end(self) -> None:
         if self.make_scheduler is None or self.scheduler_interval != "validation":
             return
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         scheduler = self.lr_schedulers()
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

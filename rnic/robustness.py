@@ -23,11 +23,10 @@ from rnic import rd
 from rnic.data import image_size, read_image
 from rnic.io import atomic_write, write_json
 from rnic.module import MS_SSIM_MIN_SIDE
-from rnic.training import build, build_codec
+from rnic.training import attack_spec, build, build_attacks, build_codec
 
 log = logging.getLogger(__name__)
 
-RUN_OPTIONS = ("save_images", "load_from", "target", "mask")
 COLUMNS = (
     "psnr_in", "linf", "psnr_clean", "psnr_adv", "psnr_adv_in", "msssim_clean", "msssim_adv",
     "bpp_clean", "bpp_adv", "vi", "vi_msssim", "seconds",
@@ -169,10 +168,7 @@ class Evaluation:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
-        spec = OmegaConf.to_container(cfg.attack, resolve=True)
-        self.options = {key: spec.pop(key, None) for key in RUN_OPTIONS}
-        eps = spec.pop("eps", None)
-        self.budgets = list(eps) if isinstance(eps, list) else [eps]
+        _, self.options, self.budgets = attack_spec(cfg.attack)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
@@ -192,10 +188,7 @@ class Evaluation:
         self.names = names
         self.codec = build_codec(cfg).to(self.device).eval()
         self.codec.update(force=True)
-        make_attack = build(OmegaConf.create(spec))
-        self.attacks = [
-            make_attack(self.codec, **({} if eps is None else {"eps": eps})) for eps in self.budgets
-        ]
+        self.attacks, _ = build_attacks(cfg.attack, self.codec)
         crop = datamodule.crops.get(cfg.split)
         self.target, self.mask = self.load_target(
             [(crop, crop) if crop else image_size(p) for p in files], files

@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from rnic.adversarial import AdversarialMixing
+from rnic.attacks import NoAttack
 from rnic.codecs import load_weights
 from rnic.io import AtomicCheckpointIO, write_json
 
@@ -29,7 +31,11 @@ FINAL_TABLE = (
     ("bpp_real", "bpp (real bitstream)", "{:.4f}"),
     ("psnr_real", "PSNR decoded [dB]", "{:.2f}"),
     ("loss", "RD loss", "{:.4f}"),
+    ("psnr_in", "input PSNR [dB]", "{:.2f}"),
+    ("vi", "VI [dB]", "{:.2f}"),
 )
+# Keys of an attack config that configure attack.py's run, not the attack.
+ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask")
 
 
 def build(config: DictConfig, **kwargs):
@@ -50,6 +56,31 @@ def build_codec(cfg: DictConfig) -> torch.nn.Module:
     return codec
 
 
+def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
+    """Split an `attack=` config into (attack constructor config, run options, budgets)."""
+    spec = OmegaConf.to_container(attack, resolve=True)
+    options = {key: spec.pop(key, None) for key in ATTACK_RUN_OPTIONS}
+    eps = spec.pop("eps", None)
+    return spec, options, list(eps) if isinstance(eps, list) else [eps]
+
+
+def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> tuple[list, dict]:
+    """One attack on `codec` per budget of `attack.eps`, and the run options."""
+    spec, options, budgets = attack_spec(attack)
+    make = build(OmegaConf.create(spec))
+    return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets], options
+
+
+def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
+    """The adversarial mixing of `cfg.adv` with the attack of `cfg.attack` (None for attack=none)."""
+    attacks, _ = build_attacks(cfg.attack, codec)
+    if len(attacks) != 1:
+        raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
+    if isinstance(attacks[0], NoAttack):
+        return None
+    return build(cfg.adv)(attacks[0])
+
+
 def instantiate_all(group: DictConfig | None) -> list:
     """Instantiate every `_target_` entry of a config group (callbacks, loggers)."""
     if not group:
@@ -57,14 +88,21 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def format_table(title: str, metrics: dict[str, float], stage: str) -> str:
-    rows = [
-        (label, fmt.format(metrics[f"{stage}/{key}"]))
-        for key, label, fmt in FINAL_TABLE
-        if f"{stage}/{key}" in metrics
-    ]
-    width = max(len(label) for label, _ in rows)
-    lines = [title] + [f"  {label:<{width}}  {value:>10}" for label, value in rows]
+def format_table(title: str, columns: dict[str, dict[str, float]], stage: str) -> str:
+    """Rows of FINAL_TABLE, one column per (name -> metrics) for the clean and attacked sets."""
+    header, cells = [], []
+    for name, metrics in columns.items():
+        for kind in ("clean", "attacked"):
+            if f"{stage}/{kind}/loss" in metrics:
+                header.append(f"{name} {kind}".strip())
+                cells.append({key: metrics.get(f"{stage}/{kind}/{key}") for key, _, _ in FINAL_TABLE})
+    rows = [(label, key, fmt) for key, label, fmt in FINAL_TABLE if any(c[key] is not None for c in cells)]
+    width = max(len(label) for label, _, _ in rows)
+    column = max(12, *(len(h) for h in header))
+    lines = [title, f"  {'':<{width}}  " + "  ".join(f"{h:>{column}}" for h in header)]
+    for label, key, fmt in rows:
+        values = ["" if c[key] is None else fmt.format(c[key]) for c in cells]
+        lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{column}}" for v in values))
     return "\n".join(lines)
 
 
@@ -89,7 +127,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)
     datamodule.prepare()  # lists and checks every image before any training starts
     codec = build_codec(cfg)
-    module = build(cfg.module, codec=codec)
+    module = build(cfg.module, codec=codec, adversarial=build_adversarial(cfg, codec))
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
@@ -103,6 +141,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Lightning's advice to snapshot pre-step weights does not apply: rnic checkpoints hold
     # the weights after the step, like automatic optimisation does.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    start = {}
+    if not cfg.get("ckpt_path"):  # the starting model, for the before/after table
+        (start,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+        start = {k: float(v) for k, v in start.items()}
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = next(
@@ -120,7 +162,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results.update({k: float(v) for k, v in metrics.items()})
     results["seconds"] = time.perf_counter() - started
-    report(results, best, output_dir, trainer)
+    report(results, start, best, output_dir, trainer)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # each multirun job gets its own W&B run
@@ -128,12 +170,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @rank_zero_only
-def report(results: dict[str, float], best: str | None, output_dir: Path, trainer: L.Trainer) -> None:
-    write_json(
-        output_dir / "final_metrics.json", {"checkpoint": best, "step": trainer.global_step, **results}
-    )
+def report(
+    results: dict[str, float], start: dict[str, float], best: str | None, output_dir: Path, trainer: L.Trainer
+) -> None:
+    summary = {"checkpoint": best, "step": trainer.global_step, **results, "start": start}
+    write_json(output_dir / "final_metrics.json", summary)
     source = f"best checkpoint {best}" if best else "final weights"
-    for stage in ("val", "test"):
-        if f"{stage}/psnr" in results:
-            print(format_table(f"\nFinal {stage} metrics ({source}):", results, stage))
+    val = {"start": start, "final": results} if start else {"final": results}
+    print(format_table(f"\nVal metrics, starting model and {source}:", val, "val"))
+    if "test/clean/loss" in results:
+        print(format_table("\nTest metrics:", {"final": results}, "test"))
     print(f"  wall time {results['seconds']:.0f} s; outputs in {output_dir}")

@@ -35,15 +35,22 @@ def metrics_rows(output_dir: Path) -> list[dict]:
 def test_a_few_steps_of_every_architecture(tiny_cfg, tmp_path, arch):
     results = train(tiny_cfg(f"model={arch}"))
 
-    for key in ("val/loss", "val/psnr", "val/ms_ssim", "val/bpp", "val/bpp_real", "val/psnr_real"):
+    for key in (
+        "val/clean/loss",
+        "val/clean/psnr",
+        "val/clean/ms_ssim",
+        "val/clean/bpp",
+        "val/clean/bpp_real",
+        "val/clean/psnr_real",
+    ):
         assert torch.isfinite(torch.tensor(results[key])), key
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "config.yaml").is_file()
     saved = json.loads((tmp_path / "final_metrics.json").read_text())
-    assert saved["step"] == 4 and saved["val/bpp_real"] == results["val/bpp_real"]
+    assert saved["step"] == 4 and saved["val/clean/bpp_real"] == results["val/clean/bpp_real"]
     rows = metrics_rows(tmp_path)
-    assert any(row["val/bpp_real"] for row in rows) and any(row["train/loss"] for row in rows)
+    assert any(row["val/clean/bpp_real"] for row in rows) and any(row["train/loss"] for row in rows)
 
 
 def test_checkpoint_reloads_to_identical_reconstructions_and_bitstreams(tiny_cfg, tmp_path):
@@ -67,7 +74,7 @@ def test_checkpoint_reloads_to_identical_reconstructions_and_bitstreams(tiny_cfg
     decoded, bpp = rd.code(codec, x)
     assert torch.equal(decoded, rd.code(again, x)[0])
     # The logged real bpp is what the entropy coder produces for the same image and weights.
-    assert results["val/bpp_real"] == pytest.approx(bpp.item(), rel=1e-6)
+    assert results["val/clean/bpp_real"] == pytest.approx(bpp.item(), rel=1e-6)
 
 
 def test_resume_continues_at_the_saved_step(tiny_cfg, tmp_path):
@@ -85,7 +92,7 @@ def test_resume_continues_at_the_saved_step(tiny_cfg, tmp_path):
     assert min(steps) == 4  # a fresh run would log from step 0
     assert json.loads((resumed_dir / "final_metrics.json").read_text())["step"] == 8
     assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
-    assert "val/psnr" in results
+    assert "val/clean/psnr" in results
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_cfg, tmp_path):
@@ -152,7 +159,7 @@ def test_wandb_offline_run_logs_metrics_config_and_images(tiny_cfg, tmp_path, mo
     # The run's record log (what `wandb sync` uploads) holds the config and the metrics.
     (record_log,) = run.glob("*.wandb")
     records = record_log.read_bytes()
-    for needle in (b"real_coding_images", b"val/bpp_real", b"val/psnr", b"train/loss"):
+    for needle in (b"real_coding_images", b"val/clean/bpp_real", b"val/clean/psnr", b"train/loss"):
         assert needle in records, needle
 
 
@@ -184,4 +191,4 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):
     ]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
-    assert "Final val metrics" in result.stdout
+    assert "Val metrics, starting model and best checkpoint" in result.stdout

@@ -1,0 +1,77 @@
+"""Adversarial mixing: part of every training batch replaced by adversarial examples generated
+against the current codec."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnic.attacks import Attack
+
+TARGETS = ("input", "source")
+
+
+class AdversarialMixing:
+    """Replace the first `ratio` of each batch by `attack`'s adversarial examples.
+
+    - `target`: what the codec learns to reconstruct from an adversarial input: the adversarial
+      `input` itself (Chen & Ma's choice) or the clean `source`.
+    - `warmup_steps`: the budget grows linearly from 0 to the attack's `eps` over these steps.
+    - `every`: generate new examples every k steps; in between, the last perturbation is
+      applied to the new images (cheap, and still within the budget after clipping).
+    - `validate`: also validate and test on the attacked val/test images.
+    """
+
+    def __init__(
+        self,
+        attack: Attack,
+        ratio: float = 0.5,
+        target: str = "input",
+        warmup_steps: int = 0,
+        every: int = 1,
+        validate: bool = True,
+    ):
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"adv.ratio={ratio} must be in [0, 1]")
+        if target not in TARGETS:
+            raise ValueError(f"adv.target={target!r} is unknown; choose input or source")
+        if int(every) < 1 or int(warmup_steps) < 0:
+            raise ValueError(f"adv.every={every} must be >= 1 and adv.warmup_steps={warmup_steps} >= 0")
+        self.attack = attack
+        self.ratio = ratio
+        self.target = target
+        self.warmup_steps = int(warmup_steps)
+        self.every = int(every)
+        self.validate = validate
+        self._delta: Tensor | None = None
+
+    def budget(self, step: int):
+        """The attack's budget at a training step (ramped during warm-up)."""
+        if not self.warmup_steps:
+            return self.attack.eps
+        scale = min(1.0, (step + 1) / self.warmup_steps)
+        return torch.as_tensor(self.attack.eps, dtype=torch.float32) * scale
+
+    def count(self, batch_size: int) -> int:
+        return round(self.ratio * batch_size)
+
+    def mix(self, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """(inputs, targets): the first `count` images adversarial, the rest clean."""
+        n = self.count(x.shape[0])
+        if n == 0:
+            return x, x
+        source = x[:n]
+        if step % self.every == 0 or self._delta is None or self._delta.shape != source.shape:
+            adversarial = self.attack(source, eps=self.budget(step))
+            self._delta = (adversarial - source).detach()
+        else:
+            adversarial = (source + self._delta).clamp(0, 1)
+        inputs = torch.cat([adversarial, x[n:]])
+        targets = inputs if self.target == "input" else x
+        return inputs, targets
+
+    def __repr__(self) -> str:
+        return (
+            f"AdversarialMixing({self.attack}, ratio={self.ratio}, target={self.target}, "
+            f"warmup_steps={self.warmup_steps}, every={self.every})"
+        )

@@ -1,0 +1,145 @@
+"""Adversarial finetuning: mixing, warm-up, a real run through train(), DDP, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnic.adversarial import AdversarialMixing
+from rnic.attacks import PGD
+from rnic.codecs import build_codec
+from rnic.training import train
+from tests.conftest import ROOT, TINY, tiny_widths
+
+
+@pytest.fixture
+def batch(photos):
+    return torch.cat([photos, photos.flip(-1)])  # 4 images
+
+
+def changed(a, b):
+    return int(((a - b).flatten(1).abs().amax(1) > 0).sum())
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(0.5, 2), (0.25, 1), (1.0, 4), (0.0, 0)])
+def test_the_mixing_ratio_is_honoured(trained_codec, batch, ratio, expected):
+    mixing = AdversarialMixing(PGD(trained_codec, eps=4 / 255, steps=2), ratio=ratio)
+    inputs, targets = mixing.mix(batch, step=0)
+    assert changed(inputs, batch) == expected
+    assert changed(inputs[expected:], batch[expected:]) == 0  # the rest stay clean
+    assert torch.equal(targets, inputs)  # target=input: reconstruct the adversarial image
+
+
+def test_source_targets_keep_the_clean_images(trained_codec, batch):
+    mixing = AdversarialMixing(PGD(trained_codec, eps=4 / 255, steps=2), ratio=0.5, target="source")
+    inputs, targets = mixing.mix(batch, step=0)
+    assert changed(inputs, batch) == 2 and torch.equal(targets, batch)
+
+
+def test_the_budget_ramps_up_during_warmup(trained_codec, batch):
+    eps = 8 / 255
+    mixing = AdversarialMixing(PGD(trained_codec, eps=eps, steps=2), ratio=1.0, warmup_steps=10)
+    for step, scale in ((0, 0.1), (4, 0.5), (20, 1.0)):
+        inputs, _ = mixing.mix(batch, step=step)
+        assert (inputs - batch).abs().max() <= eps * scale + 1e-6
+    assert (inputs - batch).abs().max() > 0.5 * eps
+
+
+def test_examples_are_regenerated_every_k_steps(trained_codec, batch):
+    attack = PGD(trained_codec, eps=4 / 255, steps=1)
+    mixing = AdversarialMixing(attack, ratio=0.5, every=3)
+    first, _ = mixing.mix(batch, step=0)
+    reused, _ = mixing.mix(batch, step=1)  # same perturbation on (here) the same images
+    assert torch.equal(first, reused)
+    attack.seed = 1
+    fresh, _ = mixing.mix(batch, step=3)
+    assert not torch.equal(first, fresh)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ratio": 1.5}, "adv.ratio=1.5"),
+        ({"target": "clean"}, "adv.target='clean'"),
+        ({"every": 0}, "adv.every=0"),
+    ],
+)
+def test_bad_mixing_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        AdversarialMixing(PGD(build_codec("bmshj2018_factorized", N=8, M=8)), **kwargs)
+
+
+def test_adversarial_finetuning_through_train(tiny_cfg, tmp_path, trained_checkpoint):
+    results = train(
+        tiny_cfg(
+            "model.N=32",
+            "model.M=48",
+            f"model.weights={trained_checkpoint}",
+            "attack=linf",
+            "attack.steps=2",
+            "adv.ratio=0.5",
+            "adv.warmup_steps=2",
+        )
+    )
+    for kind in ("clean", "attacked"):
+        for key in ("psnr", "bpp", "bpp_real", "psnr_real", "loss"):
+            assert f"val/{kind}/{key}" in results
+    assert results["val/attacked/vi"] > 0 and results["val/attacked/psnr_in"] < 60
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved["start"]["val/attacked/psnr"] < saved["start"]["val/clean/psnr"]
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    counts = {
+        float(r.split(",")[header.index("train/adv_images")])
+        for r in rows[1:]
+        if r.split(",")[header.index("train/adv_images")]
+    }
+    assert counts == {1.0}  # half of each batch of 2
+
+
+def test_resume_of_an_adversarial_run(tiny_cfg, tmp_path):
+    train(tiny_cfg("attack=linf", "attack.steps=1", "trainer.max_steps=4"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    cfg = tiny_cfg("attack=linf", "attack.steps=1", "trainer.max_steps=6", f"ckpt_path={last}")
+    cfg.paths.output_dir = str(tmp_path / "resumed")
+    results = train(cfg)
+    assert json.loads((tmp_path / "resumed" / "final_metrics.json").read_text())["step"] == 6
+    assert "val/attacked/psnr" in results
+
+
+@pytest.mark.slow
+def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("trainer.accelerator")] + tiny_widths([])
+    probe = tmp_path / "ranks"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "trainer=ddp_cpu",
+            *overrides,
+            "attack=linf",
+            "attack.steps=2",
+            "adv.ratio=0.5",
+            "data.max_val_images=2",
+            f"hydra.run.dir={tmp_path}",
+            "+callbacks.rank_weights._target_=tests.rank_weights.SaveRankWeights",
+            f"+callbacks.rank_weights.folder={probe}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    trained = [
+        k for k in rank0 if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))
+    ]
+    assert all(torch.equal(rank0[k], rank1[k]) for k in trained)
+    start = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert start == 4
+    assert "final attacked" in result.stdout
