@@ -4,13 +4,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from rnic.jobs import run_job
 from rnic.robustness import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="attack")
 def main(cfg: DictConfig) -> float | None:
-    curve = evaluate(cfg)
-    return curve[-1]["psnr_adv"]
+    curve = run_job(evaluate, cfg)
+    return None if curve is None else curve[-1]["psnr_adv"]
 
 
 if __name__ == "__main__":

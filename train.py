@@ -3,13 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from rnic.jobs import run_job
 from rnic.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/clean/loss"))
+    metrics = run_job(train, cfg)
+    return None if metrics is None else metrics.get(cfg.get("optimized_metric", "val/clean/loss"))
 
 
 if __name__ == "__main__":

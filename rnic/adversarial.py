@@ -55,14 +55,18 @@ class AdversarialMixing:
     def count(self, batch_size: int) -> int:
         return round(self.ratio * batch_size)
 
-    def mix(self, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        """(inputs, targets): the first `count` images adversarial, the rest clean."""
+    def mix(self, x: Tensor, step: int, rank: int = 0) -> tuple[Tensor, Tensor]:
+        """(inputs, targets): the first `count` images adversarial, the rest clean.
+
+        Random starts differ at every step and on every rank, yet are reproducible from the seed.
+        """
         n = self.count(x.shape[0])
         if n == 0:
             return x, x
         source = x[:n]
         if step % self.every == 0 or self._delta is None or self._delta.shape != source.shape:
-            adversarial = self.attack(source, eps=self.budget(step))
+            seed = None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
+            adversarial = self.attack(source, eps=self.budget(step), seed=seed)
             self._delta = (adversarial - source).detach()
         else:
             adversarial = (source + self._delta).clamp(0, 1)

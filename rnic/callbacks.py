@@ -8,7 +8,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 
 class LogReconstructions(L.Callback):
-    """Source | reconstruction pairs of the first validation images, to W&B and TensorBoard."""
+    """Source | reconstruction (| adversarial | its reconstruction, when validation attacks) of the
+    first validation images, to W&B and TensorBoard."""
 
     def __init__(self, num_images: int = 4):
         self.num_images = num_images
@@ -20,9 +21,10 @@ class LogReconstructions(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        for x, x_hat in zip(outputs["x"], outputs["x_hat"], strict=True):
+        keys = ["x", "x_hat"] + (["x_adv", "x_hat_adv"] if "x_adv" in outputs else [])
+        for images in zip(*(outputs[k] for k in keys), strict=True):
             if len(self.pairs) < self.num_images:
-                self.pairs.append(torch.cat([x, x_hat], dim=-1).float().cpu())
+                self.pairs.append(torch.cat(images, dim=-1).float().cpu())
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self.pairs:
@@ -33,7 +35,7 @@ class LogReconstructions(L.Callback):
                 logger.log_image(
                     "val/reconstructions",
                     images=list(self.pairs),
-                    caption=[f"source | reconstruction {i}" for i in range(len(self.pairs))],
+                    caption=[f"image {i}" for i in range(len(self.pairs))],
                     step=step,
                 )
             elif isinstance(logger, TensorBoardLogger):

@@ -36,7 +36,7 @@ def zoo_name(arch: str) -> str:
     name = ARCHITECTURES.get(arch, arch)
     if name not in zoo_image.model_architectures:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise ValueError(f"model.arch={arch!r} is not a known codec; choose one of: {known}")
+        raise ValueError(f"model.codec.arch={arch!r} is not a known codec; choose one of: {known}")
     return name
 
 
@@ -100,9 +100,8 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     """Remove wrappers' prefixes: torch.compile's `_orig_mod.` and DataParallel's `module.`."""
     cleaned = {}
     for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned
 

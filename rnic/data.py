@@ -89,7 +89,7 @@ def find_images(folder: Path) -> list[Path]:
 def split_by_fractions(files: Sequence[Path], fractions: Sequence[float], seed: int) -> dict:
     """A deterministic split of `files` into train/val/test by fractions (shuffled by `seed`)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"data split fractions={list(fractions)} must be three numbers >= 0 summing to 1")
+        raise ValueError(f"data.source.fractions={list(fractions)} must be three numbers >= 0 summing to 1")
     files = sorted(files)
     random.Random(seed).shuffle(files)
     n_val = round(fractions[1] * len(files))
@@ -164,7 +164,7 @@ class ImageFolder:
                 files.extend(find_images(entry) if entry.is_dir() else [entry])
             return files
         if not path.is_dir():
-            raise FileNotFoundError(f"data.{split}: {str(path)!r} is not a folder or a .txt list")
+            raise FileNotFoundError(f"data.source.{split}: {str(path)!r} is not a folder or a .txt list")
         return find_images(path)
 
     def splits(self) -> dict[str, list[Path]]:

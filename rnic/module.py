@@ -105,13 +105,21 @@ class CodecModule(L.LightningModule):
         optimizers = [optimizer, self.make_aux_optimizer(aux)]
         if self.make_scheduler is None:
             return optimizers
-        return optimizers, [self.make_scheduler(optimizer)]
+        scheduler = self.make_scheduler(optimizer)
+        if self.scheduler_interval == "step" and isinstance(
+            scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+        ):
+            raise ValueError(
+                "module.scheduler_interval=step needs a per-step scheduler; ReduceLROnPlateau steps on "
+                "module.scheduler_monitor after each validation (scheduler_interval=validation)"
+            )
+        return optimizers, [scheduler]
 
     def training_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(codec inputs, reconstruction targets) for a training batch."""
         if self.adversarial is None:
             return x, x
-        return self.adversarial.mix(x, self.global_step)
+        return self.adversarial.mix(x, self.global_step, self.global_rank)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
@@ -130,6 +138,7 @@ class CodecModule(L.LightningModule):
         optimizer.step()
 
         aux_loss = self.codec.aux_loss()
+        self.check_finite(aux_loss, "train/aux_loss")
         aux_optimizer.zero_grad()
         self.manual_backward(aux_loss)
         # The raw optimizer: stepping the LightningOptimizer would count a second global step.
@@ -151,12 +160,12 @@ class CodecModule(L.LightningModule):
             self.log("train/adv_images", float(self.adversarial.count(size)), batch_size=size)
         return loss
 
-    def check_finite(self, loss: Tensor) -> None:
+    def check_finite(self, loss: Tensor, name: str = "train/loss") -> None:
         # Every rank decides together, so a NaN on one rank cannot leave the others waiting.
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise FloatingPointError(
-                f"train/loss is not finite ({loss.item()}) at step {self.global_step}: "
+                f"{name} is not finite at step {self.global_step} (rank {self.global_rank}: {loss.item()}): "
                 "lower module.optimizer.lr or check the data; no checkpoint was written for this step"
             )
 
@@ -225,7 +234,8 @@ class CodecModule(L.LightningModule):
         self.log(f"{prefix}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
         if min(source.shape[-2:]) >= MS_SSIM_MIN_SIDE:
             metrics["ms_ssim"].update(x_hat, source)
-            self.log(f"{prefix}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
+        # Logged for every batch, so every DDP rank syncs the same keys, whatever its image sizes.
+        self.log(f"{prefix}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
         if code:
             decoded, bpp = rd.code(self.codec, inputs)
             self.log(f"{prefix}/bpp_real", bpp.mean().float().to(self.device), **log)

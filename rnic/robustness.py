@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from rnic import rd
-from rnic.data import image_size, read_image
+from rnic.data import ImageDataset, image_size, read_image
 from rnic.io import atomic_write, write_json
 from rnic.module import MS_SSIM_MIN_SIDE
 from rnic.training import attack_spec, build, build_attacks, build_codec
@@ -183,13 +184,12 @@ class Evaluation:
             files, names = files[: cfg.max_images], names[: cfg.max_images]
         if not files:
             raise ValueError(f"split={cfg.split!r} of data={cfg.data.source} has no images")
-        self.dataset = datamodule.dataset(cfg.split)
-        self.dataset.files = files
+        crop = datamodule.crops.get(cfg.split)  # whole images (or val/test centre crops), never random
+        self.dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None)
         self.names = names
         self.codec = build_codec(cfg).to(self.device).eval()
         self.codec.update(force=True)
         self.attacks, _ = build_attacks(cfg.attack, self.codec)
-        crop = datamodule.crops.get(cfg.split)
         self.target, self.mask = self.load_target(
             [(crop, crop) if crop else image_size(p) for p in files], files
         )
@@ -237,7 +237,8 @@ class Evaluation:
             save_curve(
                 self.output_dir / "robustness_curve.png",
                 curve,
-                f"{type(self.codec).__name__}: {self.attacks[0]}",
+                f"{type(self.codec).__name__} under {type(self.attacks[0]).__name__} "
+                f"(eps {', '.join(f'{e:g}' for e in self.budgets)}), real bitstreams",
             )
             print(f"robustness curve: {self.output_dir / 'robustness_curve.png'}")
         return curve
@@ -245,8 +246,14 @@ class Evaluation:
     def run_budget(self, attack, folder: Path) -> dict:
         results_path = folder / "results.json"
         records = []
-        if results_path.is_file():  # a rerun skips the images already measured
-            records = json.loads(results_path.read_text())["images"]
+        if results_path.is_file():  # a rerun in the same folder skips the images already measured
+            previous = json.loads(results_path.read_text())
+            if previous.get("attack") != repr(attack):
+                raise ValueError(
+                    f"{results_path} holds results of {previous.get('attack')}, not of {attack}: "
+                    "use another hydra.run.dir"
+                )
+            records = previous["images"]
         done = {r["image"] for r in records}
         todo = [i for i, name in enumerate(self.names) if name not in done]
         for index in tqdm(todo, desc=f"attack {folder.name}", unit="image", disable=not todo):

@@ -36,7 +36,9 @@ TINY = [
 ]
 
 
-def compose_config(output_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:
+def compose_config(
+    output_dir: Path, *overrides: str, config_name: str = "train", keep_hydra: bool = False
+) -> DictConfig:
     """The real config as Hydra composes it for `python train.py OVERRIDES`, writing under output_dir."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -45,7 +47,8 @@ def compose_config(output_dir: Path, *overrides: str, config_name: str = "train"
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir / "logs")
-        del cfg.hydra  # as under @hydra.main, the job's config has no hydra node
+        if not keep_hydra:
+            del cfg.hydra  # as under @hydra.main, the job's config has no hydra node
     return cfg
 
 

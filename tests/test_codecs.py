@@ -42,7 +42,7 @@ def test_widths_follow_the_zoo_unless_overridden():
         ({"arch": "bmshj2018_hyperprior", "quality": 9}, "model.quality=9 is out of range"),
         ({"arch": "cheng2020_anchor", "quality": 7}, "choose 1..6"),
         ({"arch": "cheng2020", "quality": 0}, "model.quality=0"),
-        ({"arch": "jpeg2000"}, "model.arch='jpeg2000' is not a known codec"),
+        ({"arch": "jpeg2000"}, "model.codec.arch='jpeg2000' is not a known codec"),
         ({"arch": "mbt2018", "metric": "psnr"}, "model.metric='psnr' is unknown"),
         ({"arch": "cheng2020_attn", "M": 64}, "model.M=64 is not a width"),
         ({"arch": "mbt2018", "pretrained": True, "N": 32}, "cannot be combined with model.pretrained"),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from rnic.training import build_codec
 from tests.conftest import CONF, compose_config
@@ -72,9 +72,20 @@ def test_callback_options_build(tmp_path, callbacks):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiment_options_compose(tmp_path, experiment):
-    cfg = compose_config(tmp_path, f"experiment={experiment}")
+def test_experiment_options_compose(tmp_path, experiment, monkeypatch):
+    monkeypatch.setenv("RNIC_DATA_DIR", str(tmp_path))
+    entry = (
+        "attack"
+        if "entry: attack.py" in (CONF / "experiment" / f"{experiment}.yaml").read_text()
+        else "train"
+    )
+    cfg = compose_config(tmp_path, f"experiment={experiment}", config_name=entry, keep_hydra=True)
+    if experiment == "paper_attack":
+        assert "cheng2020_anchor" in cfg.hydra.sweeper.params.model
+    with open_dict(cfg):
+        del cfg.hydra
     OmegaConf.to_container(cfg, resolve=True)
+    assert instantiate(cfg.data).source is not None
 
 
 def test_a_codec_outside_the_zoo_plugs_in_with_target(tmp_path):

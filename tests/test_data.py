@@ -98,7 +98,7 @@ def test_missing_and_empty_folders_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolder(str(tmp_path / "absent")).splits()
     (tmp_path / "train").mkdir()
-    with pytest.raises(FileNotFoundError, match="data.val: .*val' is not a folder"):
+    with pytest.raises(FileNotFoundError, match="data.source.val: .*val. is not a folder"):
         ImageFolder(str(tmp_path)).splits()
     (tmp_path / "val").mkdir()
     (tmp_path / "test").mkdir()

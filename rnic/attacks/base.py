@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -70,26 +72,37 @@ class Attack:
         target: Tensor | None = None,
         mask: Tensor | None = None,
         eps: float | Tensor | None = None,
+        seed: int | None = None,
     ) -> Tensor:
+        """Adversarial versions of `x`; `eps` and `seed` override the attack's own for this call."""
         if target is not None and target.shape[-2:] != x.shape[-2:]:
             raise ValueError(
                 f"attack target is {tuple(target.shape[-2:])}, the images are {tuple(x.shape[-2:])}"
             )
         eps = per_image(self.eps if eps is None else eps, x, "eps")
+        seed = self.seed if seed is None else seed
         was_training = self.codec.training
         self.codec.eval()
         devices = [x.device] if x.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices, enabled=self.seed is not None), torch.enable_grad():
-                if self.seed is not None:
-                    torch.manual_seed(self.seed)
+            with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.enable_grad():
+                if seed is not None:
+                    torch.manual_seed(seed)
                 ctx = self.objective.context(self.codec, x, target, mask)
                 with quantization_proxy(self.codec, self.proxy):
                     x_adv = self.perturb(x.detach(), ctx, eps)
         finally:
             self.codec.train(was_training)
         x_adv = x_adv.detach().clamp(0, 1)
-        return to_8bit(x, x_adv) if self.round_8bit else x_adv
+        if not self.round_8bit:
+            return x_adv
+        if not torch.equal(torch.round(x * 255) / 255, x):
+            # Rounding would move untouched samples of a finer-grained source and could break the budget.
+            warnings.warn(
+                "attack.round_8bit: the source is not 8-bit; the result is not rounded", stacklevel=2
+            )
+            return x_adv
+        return to_8bit(x, x_adv)
 
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
         raise NotImplementedError
@@ -108,8 +121,8 @@ class Attack:
                 + (
                     "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
                     if self.proxy == "none"
-                    else "the attack starts at a "
-                    "stationary point (e.g. reference=clean with no random start): use random_start=true."
+                    else "the attack starts at a stationary point (e.g. reference=clean with proxy=ste and "
+                    "no random start): use attack.random_start=true or attack.proxy=skip."
                 )
             )
 

@@ -1,0 +1,89 @@
+"""Studies: real Hydra multiruns (basic and submitit_local launchers), the report built from them."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY, compose_config, tiny_widths
+
+ATTACK = ["model=bmshj2018_hyperprior", "model.N=32", "model.M=48", "data.val_crop=192", "max_images=1",
+          "attack=linf", "attack.steps=2"]  # fmt: skip
+
+
+def run(*args, timeout=600):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_training_sweep_reports_its_failed_job_and_keeps_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    run("train.py", "-m", *TINY, *tiny_widths([]), "model.quality=3,9", f"hydra.sweep.dir={sweep}")
+    assert (sweep / "0" / "final_metrics.json").is_file()
+    assert "model.quality=9 is out of range" in (sweep / "1" / "error.txt").read_text()
+
+    report = tmp_path / "report"
+    out = run("report.py", str(sweep), "--out", str(report)).stdout
+    assert "1 training run(s), 1 failed job(s)" in out
+    (row,) = read_csv(report / "training.csv")
+    final = json.loads((sweep / "0" / "final_metrics.json").read_text())
+    assert float(row["final_clean_psnr"]) == pytest.approx(final["val/clean/psnr"])
+    assert float(row["start_clean_psnr"]) == pytest.approx(final["start"]["val/clean/psnr"])
+    assert row["quality"] == "3" and row["codec"] == "bmshj2018_hyperprior"
+    assert "sweep/1" in (report / "report.md").read_text()
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "Failed jobs" in page
+
+
+def test_an_attack_sweep_and_its_report(tmp_path, trained_checkpoint):
+    sweep = tmp_path / "sweep"
+    run("attack.py", "-m", *ATTACK, f"model.weights={trained_checkpoint}", "attack.eps=0.004,0.0157",
+        f"hydra.sweep.dir={sweep}")  # fmt: skip
+    report = tmp_path / "report"
+    run("report.py", str(sweep), "--out", str(report))
+    rows = {float(r["eps"]): r for r in read_csv(report / "attacks.csv")}
+    for job in ("0", "1"):
+        results = json.loads((sweep / job / "results.json").read_text())
+        eps = json.loads(
+            json.dumps(
+                float(
+                    sweep.joinpath(job, ".hydra", "overrides.yaml")
+                    .read_text()
+                    .split("attack.eps=")[1]
+                    .split()[0]
+                )
+            )
+        )
+        row = rows[eps]
+        for key in ("psnr_adv", "psnr_clean", "bpp_adv", "vi"):
+            assert float(row[key]) == pytest.approx(results["mean"][key], rel=1e-9)
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # robustness curves, rate-distortion
+    assert (report / "robustness_curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_submitit_local_sweep(tmp_path, trained_checkpoint):
+    sweep = tmp_path / "sweep"
+    run("attack.py", "-m", "hydra/launcher=submitit_local", *ATTACK, f"model.weights={trained_checkpoint}",
+        "attack.eps=0.004,0.0157", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "results.json").read_text())["mean"]["images"] == 1
+
+
+def test_the_slurm_launcher_runs_one_task_per_gpu(tmp_path):
+    cfg = compose_config(tmp_path, "hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.num_nodes=2",
+                         "trainer.devices=8", keep_hydra=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert launcher._target_.endswith("SlurmLauncher")
