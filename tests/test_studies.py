@@ -87,3 +87,15 @@ def test_the_slurm_launcher_runs_one_task_per_gpu(tmp_path):
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
     assert launcher._target_.endswith("SlurmLauncher")
+
+
+def test_wandb_runs_of_a_sweep_share_one_group(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    from rnic.jobs import group_wandb_by_sweep
+
+    sweep = f"hydra.sweep.dir={tmp_path}/my_sweep"
+    cfg = compose_config(tmp_path, "logger=wandb", "hydra.mode=MULTIRUN", sweep, keep_hydra=True)
+    assert HydraConfig.get().mode.name == "MULTIRUN"
+    group_wandb_by_sweep(cfg)
+    assert cfg.logger.wandb.group == "my_sweep"
