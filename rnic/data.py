@@ -239,40 +239,41 @@ class ImageDataModule(L.LightningDataModule):
         self.max_val_images = max_val_images
         self.num_workers = num_workers
         self.check_images = check_images
+        self._listing: dict[str, list[Path]] | None = None
         self.train_repeats = int(train_repeats)
         self.cache_images = cache_images
-        self.files: dict[str, list[Path]] | None = None
+        self.files: dict[str, list[Path]] = {}
 
-    def prepare(self) -> dict[str, list[Path]]:
-        """List and check the images of every split (once); errors name the file."""
-        if self.files is not None:
-            return self.files
-        splits = self.source.splits()
-        minimum = {"train": self.patch_size, "val": self.crops["val"], "test": self.crops["test"]}
-        checked = {}
-        for split in SPLITS:
-            files = []
-            for path in splits.get(split, []):
-                if not self.check_images:
-                    files.append(path)
-                    continue
-                try:
-                    height, width = image_size(path)
-                except ValueError as err:
-                    log.warning("skipping %s", err)
-                    continue
-                need = minimum[split]
-                if need and (height < need or width < need):
-                    key = "data.patch_size" if split == "train" else f"data.{split}_crop"
-                    raise ValueError(f"image {str(path)!r} is {height}x{width}, smaller than {key}={need}")
+    def prepare(self, splits: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
+        """List and check the images of `splits` (each once); errors name the file."""
+        if self._listing is None:
+            self._listing = self.source.splits()
+        for split in splits:
+            if split not in self.files:
+                self.files[split] = self._check(split, self._listing.get(split, []))
+        return {split: self.files[split] for split in splits}
+
+    def _check(self, split: str, paths: list[Path]) -> list[Path]:
+        need = {"train": self.patch_size, "val": self.crops["val"], "test": self.crops["test"]}[split]
+        files = []
+        for path in paths:
+            if not self.check_images:
                 files.append(path)
-            if splits.get(split) and not files:
-                raise ValueError(f"no readable {split} images in {self.source}")
-            checked[split] = files
-        if self.max_val_images is not None:
-            checked["val"] = checked["val"][: self.max_val_images]
-        self.files = checked
-        return checked
+                continue
+            try:
+                height, width = image_size(path)
+            except ValueError as err:
+                log.warning("skipping %s", err)
+                continue
+            if need and (height < need or width < need):
+                key = "data.patch_size" if split == "train" else f"data.{split}_crop"
+                raise ValueError(f"image {str(path)!r} is {height}x{width}, smaller than {key}={need}")
+            files.append(path)
+        if paths and not files:
+            raise ValueError(f"no readable {split} images in {self.source}")
+        if split == "val" and self.max_val_images is not None:
+            files = files[: self.max_val_images]
+        return files
 
     def setup(self, stage: str | None = None) -> None:
         files = self.prepare()
@@ -282,7 +283,7 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError(f"data: the {split} split is empty in {self.source}")
 
     def dataset(self, split: str) -> ImageDataset:
-        files = self.prepare()[split]
+        files = self.prepare((split,))[split]
         if split == "train":
             transform = v2.Compose(
                 [v2.RandomCrop(self.patch_size), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]

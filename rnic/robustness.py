@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from rnic import rd
-from rnic.data import ImageDataset, image_size, read_image
+from rnic.data import SPLITS, ImageDataset, image_size, read_image
 from rnic.io import atomic_write, write_json
 from rnic.module import MS_SSIM_MIN_SIDE
 from rnic.training import attack_spec, build, build_attacks, build_codec
@@ -176,9 +176,9 @@ class Evaluation:
 
         # Everything that can be wrong is found here, before any attack runs.
         datamodule = build(cfg.data)
-        files = datamodule.prepare().get(cfg.split)
-        if files is None:
-            raise ValueError(f"split={cfg.split!r} is not one of train, val, test")
+        if cfg.split not in SPLITS:
+            raise ValueError(f"split={cfg.split!r} is not one of {', '.join(SPLITS)}")
+        files = datamodule.prepare((cfg.split,))[cfg.split]  # only this split is listed and checked
         names = image_names(files)  # from the whole split, so a name never depends on max_images
         if cfg.max_images is not None:
             files, names = files[: cfg.max_images], names[: cfg.max_images]

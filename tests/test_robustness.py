@@ -174,3 +174,28 @@ def test_unknown_attack_is_refused(tmp_path):
         timeout=120,
     )
     assert result.returncode != 0 and "Could not find 'attack/fgsm2'" in result.stderr
+
+
+def test_only_the_attacked_split_is_checked(tmp_path, trained_checkpoint):
+    import imageio.v3 as iio
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "val").mkdir()
+    iio.imwrite(
+        tmp_path / "images" / "train" / "small.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    )
+    iio.imwrite(
+        tmp_path / "images" / "val" / "photo.png", rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    )
+    folder = [
+        "data=folder",
+        f"data.source.root={tmp_path / 'images'}",
+        "data.source.test=null",
+        "data.val_crop=null",
+    ]
+    (mean,) = evaluate(attack_cfg(tmp_path / "run", trained_checkpoint, *folder))
+    assert mean["images"] == 1  # the 64x64 training image (smaller than data.patch_size) is not in the way
+    (record,) = json.loads((tmp_path / "run" / "results.json").read_text())["images"]
+    assert record["image"] == "photo"
