@@ -194,3 +194,13 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     assert "Val metrics, starting model and best checkpoint" in result.stdout
+
+
+def test_tensorboard_run_writes_scalars_and_images(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_cfg("logger=tensorboard"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "val/clean/bpp_real" in events.Tags()["scalars"]
+    assert "val/reconstruction_0" in events.Tags()["images"]
