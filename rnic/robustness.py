@@ -190,16 +190,16 @@ class Evaluation:
         self.codec = build_codec(cfg).to(self.device).eval()
         self.codec.update(force=True)
         self.attacks, _ = build_attacks(cfg.attack, self.codec)
-        self.target, self.mask = self.load_target(
-            [(crop, crop) if crop else image_size(p) for p in files], files
-        )
+        self.target, self.mask = self.load_target(files, crop)
         self.adversarial_dir = self.check_load_from()
 
-    def load_target(self, sizes: list[tuple[int, int]], files: list[Path]):
+    def load_target(self, files: list[Path], crop: int | None):
+        """The targeted objective's target (and mask), checked against every image's size."""
         target = mask = None
         if self.options["target"]:
             target = read_image(self.options["target"])[None].to(self.device)
-            for size, path in zip(sizes, files, strict=True):
+            for path in files:
+                size = (crop, crop) if crop else image_size(path)
                 if tuple(size) != tuple(target.shape[-2:]):
                     raise ValueError(
                         f"attack.target={self.options['target']!r} is {tuple(target.shape[-2:])}, "
