@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Callable
@@ -27,6 +29,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
+    """`rows` as CSV with `columns` (other keys ignored, missing ones empty)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def png_bytes(figure, dpi: int) -> bytes:
+    """A matplotlib figure rendered as PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def write_png(path: str | Path, figure, dpi: int) -> Path:
+    data = png_bytes(figure, dpi)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

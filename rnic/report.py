@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from rnic.io import atomic_write
+from rnic.io import atomic_write, png_bytes, write_csv
 from rnic.jobs import ERROR_FILE
 
 ATTACK_COLUMNS = (
@@ -104,16 +102,6 @@ def html_table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
 def label(row: dict, *keys: str) -> str:
     return " ".join(
         f"{row[k]}" if k in ("codec", "attack") else f"{k}={row[k]}" for k in keys if row.get(k) is not None
@@ -181,12 +169,6 @@ def finetuning_figure(trainings: list[dict]) -> Figure:
     return figure
 
 
-def png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
 def data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -200,11 +182,11 @@ def build_report(paths: list[Path], out: Path) -> dict:
     figures = {}
     if attacks:
         write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
-        figures["robustness_curves.png"] = png(robustness_figure(attacks))
-        figures["rate_distortion.png"] = png(rate_distortion_figure(attacks))
+        figures["robustness_curves.png"] = png_bytes(robustness_figure(attacks), dpi=90)
+        figures["rate_distortion.png"] = png_bytes(rate_distortion_figure(attacks), dpi=90)
     if trainings:
         write_csv(out / "training.csv", trainings, TRAIN_COLUMNS)
-        figures["finetuning.png"] = png(finetuning_figure(trainings))
+        figures["finetuning.png"] = png_bytes(finetuning_figure(trainings), dpi=90)
     for name, data in figures.items():
         atomic_write(out / name, lambda tmp, d=data: tmp.write_bytes(d))
 

@@ -3,8 +3,6 @@ entropy coder, and report per image and on average (what attack.py runs)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -22,7 +20,7 @@ from tqdm import tqdm
 
 from rnic import rd
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
-from rnic.io import atomic_write, write_json
+from rnic.io import atomic_write, write_csv, write_json, write_png
 from rnic.module import MS_SSIM_MIN_SIDE
 from rnic.training import attack_spec, build, build_attacks, build_codec
 
@@ -102,17 +100,11 @@ def save_panel(path: Path, name: str, x, x_adv, clean_hat, adv_hat, record: dict
         axis.set_title(title, fontsize=10)
         axis.axis("off")
     figure.suptitle(f"{name}: VI {_fmt(record['vi'])} dB")
-    save_figure(figure, path)
+    write_png(path, figure, dpi=80)
 
 
 def _fmt(value: float | None) -> str:
     return "inf" if value is None else f"{value:.2f}"
-
-
-def save_figure(figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def save_curve(path: Path, curve: list[dict], title: str) -> None:
@@ -129,18 +121,7 @@ def save_curve(path: Path, curve: list[dict], title: str) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    save_figure(figure, path)
-
-
-def write_csv(path: Path, records: list[dict], mean: dict) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", *COLUMNS], extrasaction="ignore")
-            writer.writeheader()
-            for row in [*records, {"image": "mean", **mean}]:
-                writer.writerow(row)
-
-    atomic_write(path, write)
+    write_png(path, figure, dpi=80)
 
 
 def format_table(records: list[dict], mean: dict) -> str:
@@ -189,7 +170,7 @@ class Evaluation:
         self.names = names
         self.codec = build_codec(cfg).to(self.device).eval()
         self.codec.update(force=True)
-        self.attacks, _ = build_attacks(cfg.attack, self.codec)
+        self.attacks = build_attacks(cfg.attack, self.codec)
         self.target, self.mask = self.load_target(files, crop)
         self.adversarial_dir = self.check_load_from()
 
@@ -281,7 +262,7 @@ class Evaluation:
             records.append(record)
             mean = mean_of(records)
             write_json(results_path, {"attack": repr(attack), "images": records, "mean": mean})
-            write_csv(folder / "results.csv", records, mean)
+            write_csv(folder / "results.csv", [*records, {"image": "mean", **mean}], ("image", *COLUMNS))
         mean = mean_of(records)
         print(f"\n{attack} on {len(records)} image(s), real bitstreams:\n" + format_table(records, mean))
         print(f"results: {results_path}")

@@ -64,16 +64,16 @@ def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
     return spec, options, list(eps) if isinstance(eps, list) else [eps]
 
 
-def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> tuple[list, dict]:
-    """One attack on `codec` per budget of `attack.eps`, and the run options."""
-    spec, options, budgets = attack_spec(attack)
+def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
+    """One attack on `codec` per budget of `attack.eps`."""
+    spec, _, budgets = attack_spec(attack)
     make = build(OmegaConf.create(spec))
-    return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets], options
+    return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
     """The adversarial mixing of `cfg.adv` with the attack of `cfg.attack` (None for attack=none)."""
-    attacks, _ = build_attacks(cfg.attack, codec)
+    attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
     if isinstance(attacks[0], NoAttack):
