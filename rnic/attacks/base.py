@@ -133,8 +133,5 @@ class Attack:
 class NoAttack(Attack):
     """The identity: clean baselines through the same pipeline."""
 
-    def __init__(self, codec: nn.Module, **kwargs):
-        super().__init__(codec, **kwargs)
-
-    def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        return x.clone()
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return x.detach().clone()  # no codec pass needed
