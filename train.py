@@ -4,12 +4,11 @@ import hydra
 from omegaconf import DictConfig
 
 from rnic.jobs import run_job
-from rnic.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_job(train, cfg)
+    metrics = run_job("rnic.training:train", cfg)
     return None if metrics is None else metrics.get(cfg.get("optimized_metric", "val/clean/loss"))
 
 

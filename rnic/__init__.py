@@ -1,6 +1,5 @@
-"""rnic: robust neural image compression."""
+"""rnic: robust neural image compression.
 
-from rnic.codecs import build_codec, load_weights, rd_lambda
-from rnic.module import CodecModule
-
-__all__ = ["CodecModule", "build_codec", "load_weights", "rd_lambda"]
+Kept light: `import rnic.attacks` (or `rnic.codecs`) does not import Lightning; the
+LightningModule is `rnic.module.CodecModule`.
+"""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnic.attacks import Attack
+from rnic.attacks import Attack, to_8bit
 
 TARGETS = ("input", "source")
 
@@ -68,8 +68,10 @@ class AdversarialMixing:
             seed = None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
             adversarial = self.attack(source, eps=self.budget(step), seed=seed)
             self._delta = (adversarial - source).detach()
-        else:
+        else:  # the last perturbation on new images, delivered as the attack delivers its own
             adversarial = (source + self._delta).clamp(0, 1)
+            if self.attack.round_8bit:
+                adversarial = to_8bit(source, adversarial)
         inputs = torch.cat([adversarial, x[n:]])
         targets = inputs if self.target == "input" else x
         return inputs, targets

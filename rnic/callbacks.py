@@ -1,10 +1,25 @@
-"""Lightning callbacks of rnic."""
+"""Lightning callbacks and plugins of rnic."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from rnic.io import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing through a temporary file and an atomic rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class LogReconstructions(L.Callback):
@@ -42,3 +57,29 @@ class LogReconstructions(L.Callback):
                 for i, pair in enumerate(self.pairs):
                     logger.experiment.add_image(f"val/reconstruction_{i}", pair, step)
         self.pairs = []
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, counting optimizer steps out of `trainer.max_steps` rather than batches of the
+    epoch: a resumed run shows where it resumed (e.g. 300/600), and epochs of repeated images do not
+    restart the count."""
+
+    def on_train_start(self, trainer, *args) -> None:
+        super().on_train_start(trainer, *args)
+        if trainer.max_steps > 0:
+            self.train_progress_bar.reset(total=trainer.max_steps)
+            self.train_progress_bar.initial = self.train_progress_bar.n = trainer.global_step
+            self.train_progress_bar.refresh()
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.max_steps <= 0:
+            return super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps <= 0:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, trainer.max_steps):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import lightning as L
 import numpy as np
+import png
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -42,6 +44,20 @@ SAMPLE_IMAGES = {
 }
 
 
+def is_png16_color(path: str | Path) -> bool:
+    """Whether `path` is a PNG of 16-bit RGB(A) samples, from its header (IHDR: bit depth, colour type)."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    return header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16 and header[25] in (2, 6)
+
+
+def read_png16(path: str | Path) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as a (H, W, C) uint16 array (Pillow would reduce it to 8 bits)."""
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    channels = info["planes"]
+    return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """Decode an image file to a (3, H, W) float tensor in [0, 1].
 
@@ -49,7 +65,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     16-bit samples are scaled by 65535.
     """
     try:
-        array = iio.imread(path)
+        array = read_png16(path) if is_png16_color(path) else iio.imread(path)
     except Exception as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}".splitlines()[0]) from None
     if array.dtype == np.uint8:
@@ -206,6 +222,15 @@ class ImageDataset(Dataset):
         return self.transform(image) if self.transform is not None else image
 
 
+def loader_workers(num_workers: int | str) -> int:
+    """`auto`: one loader process per core this process may use, less one for the training itself."""
+    if num_workers == "auto":
+        return min(8, max(0, len(os.sched_getaffinity(0)) - 1))
+    if not str(num_workers).isdigit():
+        raise ValueError(f"data.num_workers={num_workers!r} must be a number >= 0 or auto")
+    return int(num_workers)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Random crops with flips for training; whole images (or centre crops) for val and test.
 
@@ -225,7 +250,7 @@ class ImageDataModule(L.LightningDataModule):
         val_crop: int | None = None,
         test_crop: int | None = None,
         max_val_images: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         check_images: bool = True,
         train_repeats: int = 1,
         cache_images: bool = False,
@@ -237,7 +262,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size
         self.crops = {"val": val_crop, "test": test_crop}
         self.max_val_images = max_val_images
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(num_workers)
         self.check_images = check_images
         self._listing: dict[str, list[Path]] | None = None
         self.train_repeats = int(train_repeats)

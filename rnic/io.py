@@ -10,9 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
@@ -28,7 +25,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    """Strict JSON (allow_nan=False): a NaN or infinity in `data` is a bug, not a value to write."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
@@ -53,12 +56,3 @@ def png_bytes(figure, dpi: int) -> bytes:
 def write_png(path: str | Path, figure, dpi: int) -> Path:
     data = png_bytes(figure, dpi)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, writing through a temporary file and an atomic rename."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))

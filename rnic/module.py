@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import lightning as L
 import torch
 from compressai.entropy_models import EntropyModel
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
 from rnic.adversarial import AdversarialMixing
 from rnic.codecs import check_metric, load_codec_state, rd_lambda
+from rnic.coding import coder_on, compress_decompress
 
-MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-px window
+# Figures that may have no value in an epoch (MS-SSIM of images below its minimum size, VI of
+# unperturbed images): computed at the epoch's end and logged only where they exist.
+SPARSE_FIGURES = ("ms_ssim", "vi")
 
 
 def eval_metrics() -> MetricCollection:
@@ -25,6 +29,7 @@ def eval_metrics() -> MetricCollection:
         {
             "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
             "ms_ssim": MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0),
+            "vi": MeanMetric(nan_strategy="ignore"),
         }
     )
 
@@ -51,6 +56,7 @@ class CodecModule(L.LightningModule):
         scheduler_monitor: str = "val/clean/loss",
         clip_max_norm: float | None = 1.0,
         real_coding_images: int | None = None,
+        coding_device: str = "cpu",
         adversarial: AdversarialMixing | None = None,
     ):
         super().__init__()
@@ -73,6 +79,8 @@ class CodecModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.clip_max_norm = clip_max_norm
         self.real_coding_images = real_coding_images
+        self.coding_device = torch.device(coding_device)
+        self.run_config: dict | None = None  # the run's resolved config, kept in checkpoints
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["codec", "optimizer", "aux_optimizer", "scheduler", "adversarial"])
         self.eval_metrics = nn.ModuleDict(
@@ -154,7 +162,7 @@ class CodecModule(L.LightningModule):
         self.log(
             "train/psnr", rd.psnr(x_hat.detach().clamp(0, 1), targets).mean(), prog_bar=True, batch_size=size
         )
-        if min(targets.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+        if rd.has_ms_ssim(targets):
             self.log("train/ms_ssim", rd.ms_ssim(x_hat.detach().clamp(0, 1), targets).mean(), batch_size=size)
         if self.adversarial is not None:
             self.log("train/adv_images", float(self.adversarial.count(size)), batch_size=size)
@@ -182,13 +190,17 @@ class CodecModule(L.LightningModule):
         # load_state_dict can resize.
         with torch.inference_mode(False), torch.no_grad():
             self.codec.update(force=True)
+        # Not a submodule: the copy must stay out of checkpoints and DDP.
+        self.__dict__["coder"] = coder_on(self.codec, self.coding_device)
         self._coded_images = 0
 
     def on_validation_epoch_start(self) -> None:
         self.update_entropy_tables()
+        self.reset_sparse_figures("val")
 
     def on_test_epoch_start(self) -> None:
         self.update_entropy_tables()
+        self.reset_sparse_figures("test")
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         return self.evaluate(batch, "val")
@@ -196,20 +208,42 @@ class CodecModule(L.LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         return self.evaluate(batch, "test")
 
+    def reset_sparse_figures(self, stage: str) -> None:
+        for kind in ("clean", "attacked"):
+            for name in SPARSE_FIGURES:
+                self.eval_metrics[f"{stage}_{kind}"][name].reset()
+
+    def log_sparse_figures(self, stage: str) -> None:
+        """Log MS-SSIM and VI of the epoch where any rank measured them; never a NaN of no images."""
+        for kind in ("clean", "attacked"):
+            for name in SPARSE_FIGURES:
+                metric = self.eval_metrics[f"{stage}_{kind}"][name]
+                if name == "vi" and kind == "clean":
+                    continue
+                # Every rank computes (compute() syncs the sums across ranks) and decides alike.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore", message=".*compute.*before.*update", category=UserWarning
+                    )
+                    value = metric.compute()
+                if torch.isfinite(value):
+                    self.log(f"{stage}/{kind}/{name}", value)
+
     def evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         """Clean metrics, and with an attack, the same on the attacked images plus VI."""
         code = self.real_coding_images is None or self._coded_images < self.real_coding_images
         self._coded_images += x.shape[0]
-        x_hat = self.measure(x, x, stage, "clean", code)
+        x_hat = self.log_figures(x, x, stage, "clean", code)
         outputs = {"x": x, "x_hat": x_hat}
         if self.adversarial is None or not self.adversarial.validate:
             return outputs
         # Evaluation runs under inference mode; the attack needs gradients.
         with torch.inference_mode(False), torch.enable_grad():
             x_adv = self.adversarial.attack(x.clone()).detach()
-        x_hat_adv = self.measure(x_adv, x, stage, "attacked", code)
-        vi = 10 * torch.log10(rd.mse(x_hat_adv, x_hat) / rd.mse(x_adv, x).clamp_min(1e-12))
-        self.log(f"{stage}/attacked/vi", vi.mean(), on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        x_hat_adv = self.log_figures(x_adv, x, stage, "attacked", code)
+        self.eval_metrics[f"{stage}_attacked"]["vi"].update(
+            rd.vulnerability_index(x_hat_adv, x_hat, x_adv, x)
+        )
         self.log(
             f"{stage}/attacked/psnr_in",
             rd.psnr(x_adv, x).mean(),
@@ -219,7 +253,7 @@ class CodecModule(L.LightningModule):
         )
         return {**outputs, "x_adv": x_adv, "x_hat_adv": x_hat_adv}
 
-    def measure(self, inputs: Tensor, source: Tensor, stage: str, kind: str, code: bool) -> Tensor:
+    def log_figures(self, inputs: Tensor, source: Tensor, stage: str, kind: str, code: bool) -> Tensor:
         """Log the codec's figures on `inputs` against `source`; returns the reconstruction."""
         prefix = f"{stage}/{kind}"
         metrics = self.eval_metrics[f"{stage}_{kind}"]
@@ -232,17 +266,19 @@ class CodecModule(L.LightningModule):
         self.log(f"{prefix}/bpp", terms["bpp"].mean(), **log)
         metrics["psnr"].update(x_hat, source)
         self.log(f"{prefix}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
-        if min(source.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+        if rd.has_ms_ssim(source):
             metrics["ms_ssim"].update(x_hat, source)
-        # Logged for every batch, so every DDP rank syncs the same keys, whatever its image sizes.
-        self.log(f"{prefix}/ms_ssim", metrics["ms_ssim"], on_epoch=True, batch_size=size)
         if code:
-            decoded, bpp = rd.code(self.codec, inputs)
+            decoded, bpp = compress_decompress(self.coder, inputs)
             self.log(f"{prefix}/bpp_real", bpp.mean().float().to(self.device), **log)
             self.log(f"{prefix}/psnr_real", rd.psnr(decoded, source).mean(), **log)
         return x_hat
 
+    def on_test_epoch_end(self) -> None:
+        self.log_sparse_figures("test")
+
     def on_validation_epoch_end(self) -> None:
+        self.log_sparse_figures("val")
         if self.make_scheduler is None or self.scheduler_interval != "validation":
             return
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
@@ -259,7 +295,7 @@ class CodecModule(L.LightningModule):
     # --- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rnic"] = {"codec_class": type(self.codec).__name__}
+        checkpoint["rnic"] = {"codec_class": type(self.codec).__name__, "config": self.run_config}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # The codec first, resizing the entropy coder's tables, which a load through this

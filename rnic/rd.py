@@ -1,6 +1,9 @@
-"""Rate, distortion and real entropy coding for CompressAI codecs."""
+"""Rate and distortion of CompressAI codecs: padding to the codec's stride, the estimated rate,
+distortion metrics and the vulnerability index, each defined once here."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -8,12 +11,24 @@ from compressai.ops import compute_padding
 from torch import Tensor, nn
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-STRIDE = 64  # the zoo codecs downsample by 2**6
+DEFAULT_STRIDE = 64  # for a codec that does not say; the zoo codecs with a hyperprior downsample by 2**6
+
+# MS-SSIM as torchmetrics computes it by default (5 scales, an 11-px window). It refuses images
+# whose side // (scales - 1)**2 is not above kernel - 1: the smallest side it takes is below.
+_MS_SSIM_DEFAULTS = inspect.signature(multiscale_structural_similarity_index_measure).parameters
+MS_SSIM_KERNEL = _MS_SSIM_DEFAULTS["kernel_size"].default
+MS_SSIM_SCALES = len(_MS_SSIM_DEFAULTS["betas"].default)
+MS_SSIM_MIN_SIDE = MS_SSIM_KERNEL * max(1, MS_SSIM_SCALES - 1) ** 2  # 176
 
 
-def pad(x: Tensor, stride: int = STRIDE) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Zero-pad to a multiple of `stride` (centred, as CompressAI's evaluation does); also the unpad."""
-    padding, unpadding = compute_padding(x.shape[-2], x.shape[-1], min_div=stride)
+def stride(codec: nn.Module) -> int:
+    """How far the codec downsamples: inputs are padded to a multiple of it."""
+    return int(getattr(codec, "downsampling_factor", DEFAULT_STRIDE))
+
+
+def pad(x: Tensor, multiple: int = DEFAULT_STRIDE) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Zero-pad to a multiple of `multiple` (centred, as CompressAI's evaluation does); also the unpad."""
+    padding, unpadding = compute_padding(x.shape[-2], x.shape[-1], min_div=multiple)
     return F.pad(x, padding, mode="constant", value=0), unpadding
 
 
@@ -31,12 +46,29 @@ def mse(x_hat: Tensor, target: Tensor) -> Tensor:
     return (x_hat - target).square().flatten(1).mean(1)
 
 
+def has_ms_ssim(x: Tensor) -> bool:
+    """Whether MS-SSIM is defined for images of this size."""
+    return min(x.shape[-2:]) >= MS_SSIM_MIN_SIDE
+
+
 def ms_ssim(x_hat: Tensor, target: Tensor) -> Tensor:
     return multiscale_structural_similarity_index_measure(x_hat, target, data_range=1.0, reduction="none")
 
 
 def psnr(x_hat: Tensor, target: Tensor) -> Tensor:
-    return -10 * torch.log10(mse(x_hat, target).clamp_min(1e-10))
+    """PSNR per image in dB, peak 1; +inf for identical images (as torchmetrics gives)."""
+    return -10 * torch.log10(mse(x_hat, target))
+
+
+def vulnerability_index(x_hat_adv: Tensor, x_hat: Tensor, x_adv: Tensor, x: Tensor) -> Tensor:
+    """Chen & Ma's VI per image: 10 log10(MSE(x^_adv, x^) / MSE(x_adv, x)) in dB.
+
+    NaN where it is not a finite number: an unperturbed input (nothing was measured) or a
+    reconstruction that did not move at all (-inf). Means skip NaN, so that no degenerate image can
+    make a codec look robust (or win a best-checkpoint monitor).
+    """
+    vi = 10 * torch.log10(mse(x_hat_adv, x_hat) / mse(x_adv, x))
+    return torch.where(torch.isfinite(vi), vi, torch.full_like(vi, torch.nan))
 
 
 def rate_distortion(
@@ -51,25 +83,6 @@ def rate_distortion(
 
 def forward_padded(codec: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], int]:
     """The codec's forward on an image padded to its stride: (x_hat cropped, likelihoods, pixels)."""
-    x_padded, unpadding = pad(x)
+    x_padded, unpadding = pad(x, stride(codec))
     out = codec(x_padded)
     return unpad(out["x_hat"], unpadding), out["likelihoods"], x.shape[-2] * x.shape[-1]
-
-
-def stream_bytes(strings: list[list[bytes]], index: int) -> int:
-    """Bytes of image `index` across all the codec's latent streams."""
-    return sum(len(stream[index]) for stream in strings)
-
-
-@torch.no_grad()
-def code(codec: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Compress and decompress `x` with the real entropy coder: (decoded image, bpp per image).
-
-    The bpp is exact (float64, on the CPU): bytes of all the image's streams * 8 / (H * W).
-    """
-    x_padded, unpadding = pad(x)
-    encoded = codec.compress(x_padded)
-    decoded = codec.decompress(encoded["strings"], encoded["shape"])
-    x_hat = unpad(decoded["x_hat"], unpadding).clamp(0, 1)
-    bits = [8 * stream_bytes(encoded["strings"], i) for i in range(x.shape[0])]
-    return x_hat, torch.tensor(bits, dtype=torch.float64) / (x.shape[-2] * x.shape[-1])

@@ -32,6 +32,14 @@ def run_config(folder: Path) -> dict:
     return {}
 
 
+def weights_label(weights: str | None) -> str | None:
+    """A weights file as `<run folder>/<file>` for rnic checkpoints (every run has a last.ckpt)."""
+    if not weights:
+        return None
+    path = Path(weights)
+    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
+
+
 def describe(config: dict) -> dict:
     model = config.get("model", {})
     codec = model.get("codec", {})
@@ -40,9 +48,7 @@ def describe(config: dict) -> dict:
         "codec": codec.get("arch") or str(codec.get("_target_", "?")).rsplit(".", 1)[-1],
         "quality": model.get("quality"),
         "metric": model.get("metric"),
-        "weights": "pretrained"
-        if model.get("pretrained")
-        else (Path(model["weights"]).name if model.get("weights") else None),
+        "weights": "pretrained" if model.get("pretrained") else weights_label(model.get("weights")),
         "attack": str(attack.get("_target_", "?")).rsplit(".", 1)[-1],
     }
 
@@ -103,9 +109,12 @@ def html_table(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def label(row: dict, *keys: str) -> str:
-    return " ".join(
-        f"{row[k]}" if k in ("codec", "attack") else f"{k}={row[k]}" for k in keys if row.get(k) is not None
-    )
+    def show(key):
+        value = row[key]
+        text = f"{value:g}" if isinstance(value, float) else f"{value}"
+        return text if key in ("codec", "attack") else f"{key}={text}"
+
+    return " ".join(show(k) for k in keys if row.get(k) is not None)
 
 
 def robustness_figure(attacks: list[dict]) -> Figure:
@@ -155,11 +164,15 @@ def finetuning_figure(trainings: list[dict]) -> Figure:
     figure = Figure(figsize=(max(5, 1.6 * len(trainings) + 2), 4.2), layout="constrained")
     axis = figure.subplots()
     keys = ("start_clean_psnr", "final_clean_psnr", "start_attacked_psnr", "final_attacked_psnr")
-    width = 0.2
+    keys = [key for key in keys if any(row.get(key) is not None for row in trainings)]  # bars shown
+    width = 0.8 / max(1, len(keys))
     for k, key in enumerate(keys):
         values = [row.get(key) or 0.0 for row in trainings]
         axis.bar(
-            [i + (k - 1.5) * width for i in range(len(trainings))], values, width, label=key.replace("_", " ")
+            [i + (k - (len(keys) - 1) / 2) * width for i in range(len(trainings))],
+            values,
+            width,
+            label=key.replace("_", " "),
         )
     axis.set_xticks(
         range(len(trainings)), [f"{Path(r['run']).name}\n{r['attack']}" for r in trainings], fontsize=7
@@ -198,6 +211,12 @@ def build_report(paths: list[Path], out: Path) -> dict:
     text = "# rnic report\n\n" + "".join(
         f"## {title}\n\n{markdown(rows, cols)}\n" for title, rows, cols in sections
     )
+    if any((row.get("vi") or 0) < 0 for row in attacks):
+        text += (
+            "A negative VI means the attacked reconstruction is closer to the clean reconstruction than "
+            "the attacked input is to the source: the codec absorbed the perturbation (common on weak "
+            "codecs).\n\n"
+        )
     if failed:
         text += "## Failed jobs\n\n" + "".join(f"- {f} ({ERROR_FILE})\n" for f in failed)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic.adversarial import AdversarialMixing
 from rnic.attacks import NoAttack
-from rnic.codecs import load_weights
-from rnic.io import AtomicCheckpointIO, write_json
+from rnic.callbacks import AtomicCheckpointIO
+from rnic.config import build, build_attacks, codec_from_config
+from rnic.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +36,10 @@ FINAL_TABLE = (
     ("psnr_in", "input PSNR [dB]", "{:.2f}"),
     ("vi", "VI [dB]", "{:.2f}"),
 )
-# Keys of an attack config that configure attack.py's run, not the attack.
-ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask")
-
-
-def build(config: DictConfig, **kwargs):
-    """Hydra's instantiate, re-raising a constructor's own error (which names the bad key) unwrapped."""
-    try:
-        return instantiate(config, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
-            raise err.__cause__ from None
-        raise
-
-
-def build_codec(cfg: DictConfig) -> torch.nn.Module:
-    """The codec of `cfg.model`, with `model.weights` loaded when given."""
-    codec = build(cfg.model.codec)
-    if cfg.model.get("weights"):
-        load_weights(codec, cfg.model.weights)
-    return codec
-
-
-def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
-    """Split an `attack=` config into (attack constructor config, run options, budgets)."""
-    spec = OmegaConf.to_container(attack, resolve=True)
-    options = {key: spec.pop(key, None) for key in ATTACK_RUN_OPTIONS}
-    eps = spec.pop("eps", None)
-    return spec, options, list(eps) if isinstance(eps, list) else [eps]
-
-
-def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
-    """One attack on `codec` per budget of `attack.eps`."""
-    spec, _, budgets = attack_spec(attack)
-    make = build(OmegaConf.create(spec))
-    return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]
+# What a resumed run always takes from the command line rather than from the checkpoint's config.
+RUN_KEYS = ("paths", "ckpt_path", "hydra")
+# ... and also from a run folder's config.yaml, whose paths were resolved to the old folder.
+RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir")
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
@@ -88,7 +59,7 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def format_table(title: str, columns: dict[str, dict[str, float]], stage: str) -> str:
+def final_table(title: str, columns: dict[str, dict[str, float]], stage: str) -> str:
     """Rows of FINAL_TABLE, one column per (name -> metrics) for the clean and attacked sets."""
     header, cells = [], []
     for name, metrics in columns.items():
@@ -96,20 +67,34 @@ def format_table(title: str, columns: dict[str, dict[str, float]], stage: str) -
             if f"{stage}/{kind}/loss" in metrics:
                 header.append(f"{name} {kind}".strip())
                 cells.append({key: metrics.get(f"{stage}/{kind}/{key}") for key, _, _ in FINAL_TABLE})
-    rows = [(label, key, fmt) for key, label, fmt in FINAL_TABLE if any(c[key] is not None for c in cells)]
+    attacked_only = ("psnr_in", "vi")
+    rows = [
+        (label, key, fmt)
+        for key, label, fmt in FINAL_TABLE
+        if key not in attacked_only or any(c[key] is not None for c in cells)
+    ]
     width = max(len(label) for label, _, _ in rows)
     column = max(12, *(len(h) for h in header))
     lines = [title, f"  {'':<{width}}  " + "  ".join(f"{h:>{column}}" for h in header)]
     for label, key, fmt in rows:
-        values = ["" if c[key] is None else fmt.format(c[key]) for c in cells]
+        values = ["n/a" if c[key] is None else fmt.format(c[key]) for c in cells]
         lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{column}}" for v in values))
+    if any((c.get("vi") or 0) < 0 for c in cells):
+        lines.append(
+            "  (a negative VI: the attacked reconstruction is closer to the clean one than the attacked "
+            "input is to the source; the codec absorbs the perturbation)"
+        )
     return "\n".join(lines)
+
+
+def finite_or_none(metrics: dict) -> dict:
+    """Metrics as plain floats; a value that is not finite becomes None (JSON null, 'n/a')."""
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
 
 
 @rank_zero_only
 def save_config(cfg: DictConfig, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def check_resume(ckpt_path: str | None) -> None:
@@ -117,36 +102,132 @@ def check_resume(ckpt_path: str | None) -> None:
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint")
 
 
+def saved_config(ckpt_path: str) -> tuple[dict | None, tuple[str, ...]]:
+    """The config of the run that wrote `ckpt_path` and the keys to take from the command line:
+    the unresolved config stored in the checkpoint, else the run folder's (resolved) config.yaml."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    stored = (ckpt.get("rnic") or {}).get("config")
+    if stored:
+        return stored, RUN_KEYS
+    folder_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+    if folder_config.is_file():
+        return OmegaConf.to_container(OmegaConf.load(folder_config)), RESOLVED_RUN_KEYS
+    return None, ()
+
+
+def command_line_keys() -> list[str]:
+    """The config keys (or groups) the user set on the command line."""
+    if not HydraConfig.initialized():
+        return []
+    keys = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        keys.append(key.split("@", 1)[0])
+    return keys
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """For `ckpt_path=...`: the run's saved config, with what the command line set on top.
+
+    A resumed run needs no repetition of the original overrides (widths, data, attack); an
+    override that changes the codec's architecture is refused in one line.
+    """
+    saved, run_keys = saved_config(cfg.ckpt_path)
+    if saved is None:
+        return cfg
+    merged = OmegaConf.create(saved)
+    with open_dict(merged):
+        for key in [*command_line_keys(), *run_keys]:
+            if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+                continue
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    before = OmegaConf.to_container(OmegaConf.create(saved).model.codec, resolve=True)
+    after = OmegaConf.to_container(merged.model.codec, resolve=True)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        diffs = ", ".join(f"model.codec.{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} holds another architecture than the command line asks for "
+            f"({diffs}); drop those overrides to resume"
+        )
+    return merged
+
+
+def train_batches(datamodule, cfg: DictConfig) -> int:
+    """Full training batches per epoch; refuses a split too small for one (it would train nothing)."""
+    files = datamodule.prepare()["train"]
+    images = len(files) * datamodule.train_repeats
+    if images < datamodule.batch_size:
+        raise ValueError(
+            f"data: the train split has {len(files)} usable image(s) x data.train_repeats="
+            f"{datamodule.train_repeats}, fewer than data.batch_size={datamodule.batch_size}: "
+            "no full batch to train on (lower data.batch_size or raise data.train_repeats)"
+        )
+    return images // datamodule.batch_size
+
+
+def finish_loggers(loggers: list, failed: bool) -> None:
+    """Close every logger's run, also after a failure: W&B reuses an active run, so a run left
+    open would swallow the next job of a sweep."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            if logger._experiment is not None:
+                logger.experiment.finish(exit_code=1 if failed else 0)
+        else:
+            logger.finalize("failed" if failed else "success")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured codec, validate the best checkpoint, and return its val (and test) metrics."""
     started = time.perf_counter()
-    output_dir = Path(cfg.paths.output_dir)
     check_resume(cfg.get("ckpt_path"))
+    if cfg.get("ckpt_path"):
+        cfg = resume_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
     datamodule.prepare()  # lists and checks every image before any training starts
-    codec = build_codec(cfg)
+    train_batches(datamodule, cfg)
+    codec = codec_from_config(cfg)
     module = build(cfg.module, codec=codec, adversarial=build_adversarial(cfg, codec))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = OmegaConf.to_container(cfg, resolve=False)  # paths resolve anew on resume
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    save_config(cfg, output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(resolved)
+    failed = True
+    try:
+        save_config(cfg, output_dir)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
+        results, start, best = fit(cfg, trainer, module, datamodule)
+        failed = False
+    finally:
+        finish_loggers(trainer.loggers, failed)
+    results["seconds"] = time.perf_counter() - started
+    report(results, start, best, output_dir, trainer)
+    return results
 
+
+def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, dict, str | None]:
+    """Validate the starting model, fit, and validate (and test) the best checkpoint."""
     # Lightning's advice to snapshot pre-step weights does not apply: rnic checkpoints hold
     # the weights after the step, like automatic optimisation does.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     start = {}
     if not cfg.get("ckpt_path"):  # the starting model, for the before/after table
         (start,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-        start = {k: float(v) for k, v in start.items()}
+        start = finite_or_none(start)
+    first_step = trainer.global_step
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
+    if trainer.global_step == first_step and trainer.global_step < trainer.max_steps:
+        raise RuntimeError(
+            f"training stopped at step {trainer.global_step} without a single optimizer step "
+            f"(trainer.max_steps={trainer.max_steps}); nothing was trained"
+        )
     best = next(
         (
             c.best_model_path
@@ -160,13 +241,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if stage == "test" and not datamodule.prepare()["test"]:
             continue
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        results.update({k: float(v) for k, v in metrics.items()})
-    results["seconds"] = time.perf_counter() - started
-    report(results, start, best, output_dir, trainer)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # each multirun job gets its own W&B run
-    return results
+        results.update(finite_or_none(metrics))
+    return results, start, best
 
 
 @rank_zero_only
@@ -176,8 +252,11 @@ def report(
     summary = {"checkpoint": best, "step": trainer.global_step, **results, "start": start}
     write_json(output_dir / "final_metrics.json", summary)
     source = f"best checkpoint {best}" if best else "final weights"
-    val = {"start": start, "final": results} if start else {"final": results}
-    print(format_table(f"\nVal metrics, starting model and {source}:", val, "val"))
+    if start:
+        val, title = {"start": start, "final": results}, f"\nVal metrics, starting model and {source}:"
+    else:
+        val, title = {"final": results}, f"\nVal metrics of the resumed run's {source}:"
+    print(final_table(title, val, "val"))
     if "test/clean/loss" in results:
-        print(format_table("\nTest metrics:", {"final": results}, "test"))
+        print(final_table("\nTest metrics:", {"final": results}, "test"))
     print(f"  wall time {results['seconds']:.0f} s; outputs in {output_dir}")

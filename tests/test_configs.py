@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from rnic.training import build_codec
+from rnic.config import codec_from_config
 from tests.conftest import CONF, compose_config
 
 
@@ -18,7 +18,7 @@ def options(group: str) -> list[str]:
 def test_model_options_build_their_codec(tmp_path, model):
     widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
     cfg = compose_config(tmp_path, f"model={model}", *widths)
-    codec = build_codec(cfg)
+    codec = codec_from_config(cfg)
     expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
     if expected:
         assert type(codec).__name__ == expected
@@ -28,9 +28,9 @@ def test_model_options_build_their_codec(tmp_path, model):
 
 def test_lambda_follows_metric_and_quality_unless_given(tmp_path):
     cfg = compose_config(tmp_path, "model.metric=ms-ssim", "model.quality=5")
-    assert instantiate(cfg.module, codec=build_codec(cfg)).lmbda == 31.73
+    assert instantiate(cfg.module, codec=codec_from_config(cfg)).lmbda == 31.73
     cfg = compose_config(tmp_path, "model.lmbda=0.5")
-    assert instantiate(cfg.module, codec=build_codec(cfg)).lmbda == 0.5
+    assert instantiate(cfg.module, codec=codec_from_config(cfg)).lmbda == 0.5
 
 
 @pytest.mark.parametrize("data", options("data"))
@@ -97,5 +97,5 @@ def test_a_codec_outside_the_zoo_plugs_in_with_target(tmp_path):
         "+model.codec.M=12",
         "model.lmbda=0.01",
     )
-    codec = build_codec(cfg)
+    codec = codec_from_config(cfg)
     assert type(codec).__name__ == "FactorizedPrior" and codec.M == 12

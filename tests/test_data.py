@@ -2,6 +2,7 @@ import logging
 
 import imageio.v3 as iio
 import numpy as np
+import png
 import pytest
 import torch
 from PIL import Image
@@ -22,6 +23,10 @@ def test_every_layout_becomes_rgb_float_in_unit_range(tmp_path):
     iio.imwrite(tmp_path / "gray16.png", gray16)
     rgb16 = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
     iio.imwrite(tmp_path / "rgb16.tiff", rgb16)
+    # pypng writes 16-bit colour PNGs (neither imageio nor Pillow can); Pillow would read them as 8 bit.
+    png.from_array(rgb16.reshape(20, -1), "RGB;16").save(tmp_path / "rgb16.png")
+    rgba16 = rng.integers(0, 65536, (20, 30, 4), dtype=np.uint16)
+    png.from_array(rgba16.reshape(20, -1), "RGBA;16").save(tmp_path / "rgba16.png")
     rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
     iio.imwrite(tmp_path / "rgba.png", rgba)
     gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
@@ -35,6 +40,10 @@ def test_every_layout_becomes_rgb_float_in_unit_range(tmp_path):
         assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1, name
     assert torch.allclose(images["gray16.png"][1], torch.from_numpy(gray16 / 65535.0).float())
     assert torch.allclose(images["rgb16.tiff"], torch.from_numpy(rgb16 / 65535.0).float().permute(2, 0, 1))
+    assert torch.equal(images["rgb16.png"], images["rgb16.tiff"])
+    assert torch.allclose(
+        images["rgba16.png"], torch.from_numpy(rgba16[..., :3] / 65535.0).float().permute(2, 0, 1)
+    )
     assert torch.allclose(
         images["rgba.png"], torch.from_numpy(rgba[..., :3] / 255.0).float().permute(2, 0, 1)
     )

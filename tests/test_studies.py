@@ -45,6 +45,19 @@ def test_a_training_sweep_reports_its_failed_job_and_keeps_the_others(tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "Failed jobs" in page
 
 
+def test_a_failed_job_does_not_leak_its_wandb_run_into_the_next(tmp_path):
+    sweep = tmp_path / "sweep"
+    # Job 0 overflows at its first step, after its W&B run has started; job 1 trains normally.
+    run("train.py", "-m", *TINY, *tiny_widths([]), "logger=wandb", "module.optimizer.lr=1e30,1e-4",
+        f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert "is not finite" in (sweep / "0" / "error.txt").read_text()
+    runs = {job: list((sweep / job / "wandb").glob("offline-run-*")) for job in ("0", "1")}
+    assert len(runs["0"]) == 1 and len(runs["1"]) == 1, runs
+    assert runs["0"][0].name.split("-")[-1] != runs["1"][0].name.split("-")[-1]  # two run ids
+    (record_log,) = runs["1"][0].glob("*.wandb")
+    assert b"val/clean/bpp_real" in record_log.read_bytes()  # job 1's metrics are in job 1's run
+
+
 def test_an_attack_sweep_and_its_report(tmp_path, trained_checkpoint):
     sweep = tmp_path / "sweep"
     run("attack.py", "-m", *ATTACK, f"model.weights={trained_checkpoint}", "attack.eps=0.004,0.0157",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -33,11 +34,21 @@ def per_image(value: float | Tensor, x: Tensor, name: str) -> Tensor:
     return budget.view(-1, 1, 1, 1)
 
 
+# How far (in 8-bit levels) a perturbation may fall short of a level and still reach it: float32
+# arithmetic leaves a perturbation of exactly k levels at k - 1e-5 or so.
+LEVEL_TOLERANCE = 1e-3
+
+
 def to_8bit(x: Tensor, x_adv: Tensor) -> Tensor:
-    """The adversarial image as 8-bit samples (what a PNG delivers), rounding the perturbation
-    toward the source so that no budget is exceeded."""
+    """The adversarial image as 8-bit samples (what a PNG delivers).
+
+    Each sample's perturbation is rounded toward the source (so that no L-inf, L2 or MSE budget
+    is exceeded), except that one within LEVEL_TOLERANCE of a whole level keeps that level: a
+    sample pushed to an L-inf boundary of k/255 keeps all k levels.
+    """
     source = torch.round(x * 255)
-    levels = source + torch.trunc(x_adv * 255 - source)
+    delta = x_adv * 255 - source
+    levels = source + torch.sign(delta) * torch.floor(delta.abs() + LEVEL_TOLERANCE)
     return levels.clamp(0, 255) / 255  # exactly what decoding the 8-bit PNG gives
 
 
@@ -126,8 +137,28 @@ class Attack:
                 )
             )
 
+    def settings(self) -> dict:
+        """Every constructor argument of the attack (but the codec), read back from the attribute
+        of the same name: a subclass that does not keep one fails here, so none can be forgotten."""
+        names = {}
+        for cls in reversed(type(self).__mro__):
+            init = cls.__dict__.get("__init__")
+            if init is None or cls is object:
+                continue
+            for name, param in inspect.signature(init).parameters.items():
+                if name not in ("self", "codec") and param.kind not in (
+                    param.VAR_KEYWORD,
+                    param.VAR_POSITIONAL,
+                ):
+                    names[name] = None
+        return {name: getattr(self, name) for name in names}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps}, objective={self.objective}, proxy={self.proxy})"
+        def show(value):
+            return value.tolist() if isinstance(value, Tensor) else value
+
+        args = ", ".join(f"{k}={show(v)!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
 
 
 class NoAttack(Attack):

@@ -1,0 +1,47 @@
+"""Real entropy coding: compress to bitstreams, count their bytes, decode them."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
+
+
+def device_of(codec: nn.Module) -> torch.device:
+    return next(codec.parameters()).device
+
+
+def coder_on(codec: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """`codec` itself if it lives on `device`, else a copy there with the same weights and tables.
+
+    CompressAI's range coder is meant for the CPU: on a GPU the encoder's and the decoder's
+    entropy parameters can differ in the last bit and desynchronise the stream, and the
+    autoregressive codecs code serially anyway. Call again after the weights change.
+    """
+    device = torch.device(device)
+    if device_of(codec) == device:
+        return codec
+    return copy.deepcopy(codec).to(device).eval()
+
+
+def stream_bytes(strings: list[list[bytes]], index: int) -> int:
+    """Bytes of image `index` across all the codec's latent streams."""
+    return sum(len(stream[index]) for stream in strings)
+
+
+@torch.no_grad()
+def compress_decompress(coder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Compress and decompress `x` with the real entropy coder: (decoded image, bpp per image).
+
+    Runs on `coder`'s device (see `coder_on`) and returns the decoded image on `x`'s device.
+    The bpp is exact (float64): bytes of all the image's streams * 8 / (H * W) of the unpadded image.
+    """
+    x_padded, unpadding = rd.pad(x.to(device_of(coder)), rd.stride(coder))
+    encoded = coder.compress(x_padded)
+    decoded = coder.decompress(encoded["strings"], encoded["shape"])
+    x_hat = rd.unpad(decoded["x_hat"], unpadding).clamp(0, 1).to(x.device)
+    bits = [8 * stream_bytes(encoded["strings"], i) for i in range(x.shape[0])]
+    return x_hat, torch.tensor(bits, dtype=torch.float64) / (x.shape[-2] * x.shape[-1])

@@ -1,0 +1,60 @@
+"""Building library objects from the composed Hydra configs, shared by train.py and attack.py.
+
+Nothing here imports Lightning: attack.py's job and notebooks build codecs and attacks alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rnic.codecs import load_weights
+
+# Keys of an attack config that configure attack.py's run, not the attack.
+ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask")
+
+
+def build(config: DictConfig, **kwargs):
+    """Hydra's instantiate, re-raising a constructor's own error (which names the bad key) unwrapped."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+            raise err.__cause__ from None
+        raise
+
+
+def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
+    """The codec of `cfg.model`, with `model.weights` loaded when given."""
+    codec = build(cfg.model.codec)
+    if cfg.model.get("weights"):
+        load_weights(codec, cfg.model.weights)
+    return codec
+
+
+def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
+    """Split an `attack=` config into (attack constructor config, run options, budgets)."""
+    spec = OmegaConf.to_container(attack, resolve=True)
+    options = {key: spec.pop(key, None) for key in ATTACK_RUN_OPTIONS}
+    eps = spec.pop("eps", None)
+    return spec, options, list(eps) if isinstance(eps, list) else [eps]
+
+
+def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
+    """One attack on `codec` per budget of `attack.eps` (null: the attack's own default)."""
+    spec, _, budgets = attack_spec(attack)
+    make = build(OmegaConf.create(spec))
+    return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
