@@ -5,15 +5,16 @@ import torch
 
 from rnic import rd
 from rnic.attacks import PGD, NoAttack, Objective, ThresholdAttack, ZeroGradientError
-from rnic.attacks.pgd import l2_norm
+from rnic.attacks.threat import l2_norm
+from rnic.coding import compress_decompress
 
 LINF = 4 / 255
 
 
 def attacks(codec):
     return {
-        "linf": PGD(codec, norm="linf", eps=LINF, alpha=1 / 255, steps=10),
-        "l2": PGD(codec, norm="l2", eps=1.5, alpha=0.4, steps=10),
+        "linf": PGD(codec, threat="linf", eps=LINF, alpha=1 / 255, steps=10),
+        "l2": PGD(codec, threat="l2", eps=1.5, alpha=0.4, steps=10),
         "threshold": ThresholdAttack(codec, eps=1e-4, steps=40, lr=0.01),
     }
 
@@ -43,9 +44,9 @@ def test_budget_holds_and_the_attack_beats_noise(trained_codec, photos, name):
         assert (rd.mse(x_adv, photos) <= attack.eps).all()
     assert all(p.grad is None for p in trained_codec.parameters())
 
-    clean = rd.code(trained_codec, photos)[0]
-    attacked = rd.code(trained_codec, x_adv)[0]
-    noisy = rd.code(trained_codec, noise_like(photos, name, attack))[0]
+    clean = compress_decompress(trained_codec, photos)[0]
+    attacked = compress_decompress(trained_codec, x_adv)[0]
+    noisy = compress_decompress(trained_codec, noise_like(photos, name, attack))[0]
     assert (rd.mse(attacked, clean) > 2 * rd.mse(noisy, clean)).all()
 
 
@@ -85,9 +86,10 @@ def test_a_stationary_start_is_caught(trained_codec, photos):
 @pytest.mark.parametrize("proxy", ["noise", "ste"])
 def test_other_proxies_attack_too(trained_codec, photos, proxy):
     x_adv = PGD(trained_codec, eps=LINF, alpha=1 / 255, steps=5, proxy=proxy)(photos)
-    clean = rd.code(trained_codec, photos)[0]
+    clean = compress_decompress(trained_codec, photos)[0]
     assert (
-        rd.mse(rd.code(trained_codec, x_adv)[0], clean) > rd.mse(rd.code(trained_codec, photos)[0], clean)
+        rd.mse(compress_decompress(trained_codec, x_adv)[0], clean)
+        > rd.mse(compress_decompress(trained_codec, photos)[0], clean)
     ).all()
 
 
@@ -99,15 +101,15 @@ def test_targeted_attack_moves_the_reconstruction_toward_the_target(trained_code
     x_adv = PGD(trained_codec, eps=16 / 255, alpha=2 / 255, steps=15, objective=objective)(
         photos, target, mask
     )
-    before = rd.mse(rd.code(trained_codec, photos)[0] * mask, target * mask)
-    after = rd.mse(rd.code(trained_codec, x_adv)[0] * mask, target * mask)
+    before = rd.mse(compress_decompress(trained_codec, photos)[0] * mask, target * mask)
+    after = rd.mse(compress_decompress(trained_codec, x_adv)[0] * mask, target * mask)
     assert (after < 0.8 * before).all()
 
 
 def test_rate_attack_raises_the_real_bitrate(trained_codec, photos):
     attack = PGD(trained_codec, eps=LINF, alpha=1 / 255, steps=10, objective=Objective(kind="rate"))
-    bpp_attacked = rd.code(trained_codec, attack(photos))[1]
-    bpp_noise = rd.code(trained_codec, noise_like(photos, "linf", attack))[1]
+    bpp_attacked = compress_decompress(trained_codec, attack(photos))[1]
+    bpp_noise = compress_decompress(trained_codec, noise_like(photos, "linf", attack))[1]
     assert (bpp_attacked > 1.05 * bpp_noise).all()
 
 
@@ -136,7 +138,7 @@ def test_no_attack_is_the_identity(trained_codec, photos):
         (lambda c: PGD(c, eps=0), "attack.eps=0 must be > 0"),
         (lambda c: PGD(c, eps=-1 / 255), "must be > 0"),
         (lambda c: PGD(c, steps=0), "attack.steps=0 must be >= 1"),
-        (lambda c: PGD(c, norm="l1"), "attack.norm='l1' is unknown"),
+        (lambda c: PGD(c, threat="l1"), "attack.threat='l1' is unknown"),
         (lambda c: PGD(c, proxy="round"), "attack.proxy='round' is unknown"),
         (lambda c: ThresholdAttack(c, restarts=0), "attack.restarts=0"),
         (lambda c: Objective(kind="psnr"), "attack.objective.kind='psnr' is unknown"),

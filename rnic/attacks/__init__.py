@@ -1,17 +1,28 @@
-"""White-box attacks on learned image codecs: `x_adv = attack(x)`, independent of Lightning."""
+"""Attacks on learned image codecs: `x_adv = attack(x)`, independent of Lightning."""
 
+from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, NoAttack, ZeroGradientError, to_8bit
+from rnic.attacks.ensemble import AutoAttack, Ensemble
 from rnic.attacks.objectives import Objective
 from rnic.attacks.pgd import PGD
 from rnic.attacks.proxy import quantization_proxy
+from rnic.attacks.square import Square
+from rnic.attacks.threat import DEFAULT_EPS, THREATS, Threat
 from rnic.attacks.threshold import ThresholdAttack
 
 __all__ = [
+    "APGD",
+    "DEFAULT_EPS",
     "PGD",
+    "THREATS",
     "Attack",
+    "AutoAttack",
+    "Ensemble",
     "NoAttack",
     "Objective",
+    "Square",
     "ThresholdAttack",
+    "Threat",
     "ZeroGradientError",
     "quantization_proxy",
     "to_8bit",

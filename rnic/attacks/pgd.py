@@ -1,83 +1,61 @@
-"""Projected gradient descent (ascent on the objective) under an L-inf or L2 budget."""
+"""Projected gradient descent (ascent on the objective) under a threat model."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
-
-NORMS = ("linf", "l2")
-
-
-def l2_norm(delta: Tensor) -> Tensor:
-    return delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+from rnic.attacks.proxy import per_image_noise
+from rnic.attacks.threat import Threat
 
 
 class PGD(Attack):
-    """PGD: `steps` gradient steps of size `alpha`, projected on the `eps` ball and [0, 1].
+    """PGD: `steps` gradient steps of size `alpha`, each projected onto the threat's set.
 
-    L-inf takes sign steps; L2 takes steps along the per-image normalised gradient, and
-    its budget is the L2 norm of the whole perturbation of each image.
+    `threat` is linf (sign steps), l2 or mse (steps along the per-image normalised gradient; the
+    L2 budget is the norm of the whole perturbation of each image). `eps=None` is the threat's
+    default budget; `alpha=None` is 2.5 * radius / steps (Madry et al.'s rule), per image.
     """
 
     def __init__(
         self,
         codec: nn.Module,
-        norm: str = "linf",
-        eps: float | Tensor = 8 / 255,
-        alpha: float = 2 / 255,
+        threat: str = "linf",
+        eps: float | Tensor | None = None,
+        alpha: float | None = None,
         steps: int = 10,
         random_start: bool = True,
         **kwargs,
     ):
+        self._threat = Threat(threat)
+        eps = self._threat.default_eps if eps is None else eps
         super().__init__(codec, eps=eps, **kwargs)
-        if norm not in NORMS:
-            raise ValueError(f"attack.norm={norm!r} is unknown; choose one of: {', '.join(NORMS)}")
+        self._threat.check(eps)
         if int(steps) < 1:
             raise ValueError(f"attack.steps={steps} must be >= 1")
-        if not alpha > 0:
+        if alpha is not None and not alpha > 0:
             raise ValueError(f"attack.alpha={alpha} must be > 0")
-        self.norm = norm
+        self.threat = threat
         self.alpha = alpha
         self.steps = int(steps)
         self.random_start = random_start
 
-    def project(self, x: Tensor, delta: Tensor, eps: Tensor) -> Tensor:
-        if self.norm == "linf":
-            delta = torch.maximum(torch.minimum(delta, eps), -eps)
-        else:  # shrink onto the ball, a hair inside so float rounding cannot leave it
-            delta = delta * torch.clamp(eps * (1 - 1e-6) / (l2_norm(delta) + 1e-12), max=1.0)
-        # Clamping to the image range only moves samples toward the source: the budget still holds.
-        return (x + delta).clamp(0, 1) - x
-
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        delta = torch.zeros_like(x)
-        if self.random_start:
-            if self.norm == "linf":
-                delta = (torch.rand_like(x) * 2 - 1) * eps
-            else:
-                direction = torch.randn_like(x)
-                radius = eps * torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
-                delta = direction / l2_norm(direction) * radius
-        delta = self.project(x, delta, eps)
-        for step in range(self.steps):
-            delta.requires_grad_(True)
-            value = self.value(x + delta, ctx)
-            (grad,) = torch.autograd.grad(value.sum(), delta)
-            if step == 0:
-                self.check_gradient(grad)
-            with torch.no_grad():
-                if self.norm == "linf":
-                    delta = delta + self.alpha * grad.sign()
-                else:
-                    delta = delta + self.alpha * grad / (l2_norm(grad) + 1e-12)
-                delta = self.project(x, delta, eps)
-        return x + delta
-
-    def __repr__(self) -> str:
-        return (
-            f"PGD(norm={self.norm}, eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
-            f"objective={self.objective}, proxy={self.proxy})"
-        )
+        threat = self._threat
+        threat.check(eps, x.shape)
+        generators = rng.image_generators(x.shape[0], x.device)
+        alpha = 2.5 * threat.radius(x, eps) / self.steps if self.alpha is None else self.alpha
+        x_adv = threat.random_start(x, eps, generators) if self.random_start else x.clone()
+        with per_image_noise(generators):
+            for step in range(self.steps):
+                x_adv.requires_grad_(True)
+                value = self.value(x_adv, ctx)
+                (grad,) = torch.autograd.grad(value.sum(), x_adv)
+                if step == 0:
+                    self.check_gradient(grad)
+                with torch.no_grad():
+                    x_adv = threat.project(x, x_adv + alpha * threat.ascent(grad), eps)
+        return x_adv

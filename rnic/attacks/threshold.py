@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context, distortion
 
@@ -52,11 +53,12 @@ class ThresholdAttack(Attack):
         best = x.clone()
         best_value = torch.full((x.shape[0],), -torch.inf, device=x.device)
         thirds = [max(1, self.steps // 3), max(1, 2 * self.steps // 3)]
+        generators = rng.image_generators(x.shape[0])
         for _ in range(self.restarts):
-            noise = ((torch.rand_like(x) * 2 - 1) * self.init).requires_grad_(True)
+            noise = ((rng.rand(generators, x.shape[1:], x) * 2 - 1) * self.init).requires_grad_(True)
             optimizer = torch.optim.Adam([noise], lr=self.lr)
             schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=thirds, gamma=1 / 3)
-            for step in range(self.steps):
+            for step in range(self.steps + 1):  # the last pass only scores the final iterate
                 x_adv = (x + noise.clamp(-self.box, self.box)).clamp(0, 1)
                 d_in = distortion(x_adv, x, self.input_metric)
                 value = self.value(x_adv, ctx)
@@ -64,6 +66,8 @@ class ThresholdAttack(Attack):
                     better = (d_in <= eps) & (value > best_value)
                     best[better] = x_adv[better]
                     best_value[better] = value[better]
+                if step == self.steps:
+                    break
                 over = d_in > eps
                 loss = torch.where(over, d_in, -value).sum()
                 (grad,) = torch.autograd.grad(loss, noise)
@@ -73,9 +77,3 @@ class ThresholdAttack(Attack):
                 optimizer.step()
                 schedule.step()
         return best
-
-    def __repr__(self) -> str:
-        return (
-            f"ThresholdAttack(eps={self.eps} {self.input_metric}, box={self.box}, lr={self.lr}, "
-            f"steps={self.steps}, restarts={self.restarts}, objective={self.objective}, proxy={self.proxy})"
-        )

@@ -1,0 +1,249 @@
+"""Worst case over several attacks, judged on the real bitstream: `Ensemble` and `AutoAttack`."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
+from rnic.attacks.apgd import APGD
+from rnic.attacks.base import Attack, ZeroGradientError
+from rnic.attacks.objectives import Objective
+from rnic.attacks.square import Square
+from rnic.attacks.threat import Threat
+from rnic.coding import coder_on, compress_decompress
+
+SELECTS = ("psnr", "vi")
+GRADIENT_PROXIES = (
+    "skip",
+    "ste",
+    "noise",
+)  # which one transfers best to the real rounding depends on the codec
+REFERENCES = ("clean", "source")
+# Where the members' results are coded and decoded (see rnic.coding.coder_on); `coding_device` per ensemble.
+CODING_DEVICE = "cpu"
+
+
+@torch.no_grad()
+def real_figures(coder: nn.Module, x: Tensor, x_adv: Tensor, clean_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, on decoded bitstreams: the PSNR of the adversarial reconstruction against the source,
+    and the VI (rd.vulnerability_index: NaN for an unperturbed image)."""
+    adv_hat = compress_decompress(coder, x_adv)[0]
+    return rd.psnr(adv_hat, x), rd.vulnerability_index(adv_hat, clean_hat, x_adv, x)
+
+
+def _names(members: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack]:
+    if isinstance(members, Mapping):
+        return dict(members)
+    named: dict[str, Attack] = {}
+    for member in members:
+        name, k = type(member).__name__, 2
+        while name in named:  # PGD, PGD-2, ...
+            name, k = f"{type(member).__name__}-{k}", k + 1
+        named[name] = member
+    return named
+
+
+class Ensemble:
+    """Runs `members` in order on the same images, with the same seed, and keeps for each image the
+    adversarial example whose REAL reconstruction (compressed and decompressed) is worst
+    for the codec: by `select`, the lowest PSNR against the source (`psnr`) or the highest VI (`vi`).
+    Per image the result is never better for the codec than any member's (ties go to the earlier).
+
+    A member that cannot run on this codec (ZeroGradientError, e.g. a proxy with zero gradient) is
+    skipped with a warning. After a call, `last_report` holds (lists run over the batch's images):
+
+        {"select": "psnr" | "vi",
+         "winner": [member name or None (all skipped)],
+         "psnr_adv": [...], "vi": [...],                      # of the kept examples, decoded
+         "members": {name: {"psnr_adv": [...], "vi": [...], "seconds": s}},   # in run order
+         "skipped": {name: reason}}
+
+    `image_report(i)` gives image i's part. VI is NaN where it is not finite (an unperturbed image);
+    such an image never wins by VI. The codec needs `update()` (real coding); coding runs on
+    `coding_device` (default: the CPU, where CompressAI's coder is meant to run).
+    """
+
+    settings = Attack.settings  # every constructor argument, read back from the attribute of its name
+    __repr__ = Attack.__repr__
+
+    def __init__(
+        self,
+        codec: nn.Module,
+        members: Mapping[str, Attack] | Sequence[Attack],
+        select: str = "psnr",
+        seed: int | None = 0,
+    ):
+        if select not in SELECTS:
+            raise ValueError(f"attack.select={select!r} is unknown; choose one of: {', '.join(SELECTS)}")
+        members = _names(members)
+        if not members:
+            raise ValueError("an attack ensemble needs at least one member")
+        self.codec = codec
+        self.members = members
+        self.select = select
+        self.seed = seed
+        self.last_report: dict | None = None
+        self.coding_device = CODING_DEVICE  # not a setting: where it codes does not change the result
+
+    @property
+    def coding_device(self) -> str | torch.device:
+        return self._coding_device
+
+    @coding_device.setter
+    def coding_device(self, device: str | torch.device) -> None:
+        """Where the ensemble, and its members that code (Square on autoregressive codecs), code."""
+        self._coding_device = device
+        for member in self.members.values():
+            if hasattr(member, "coding_device"):
+                member.coding_device = device
+
+    def __call__(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
+        eps: float | Tensor | None = None,
+        seed: int | None = None,
+    ) -> Tensor:
+        """The worst adversarial example of each image; `eps` and `seed` override the members' own."""
+        seed = self.seed if seed is None else seed
+        x = x.detach()
+        was_training = self.codec.training
+        self.codec.eval()
+        try:
+            coder = coder_on(self.codec, self.coding_device)
+            clean_hat = compress_decompress(coder, x)[0]
+            best = x.clone()
+            worst = torch.full((x.shape[0],), -torch.inf, device=x.device)  # how bad for the codec
+            best_psnr, best_vi = torch.full_like(worst, torch.nan), torch.full_like(worst, torch.nan)
+            winner: list[str | None] = [None] * x.shape[0]
+            report = {"select": self.select, "members": {}, "skipped": {}}
+            for name, member in self.members.items():
+                started = time.perf_counter()
+                try:
+                    x_adv = member(x, target, mask, eps=eps, seed=seed)
+                except ZeroGradientError as err:
+                    message = f"{type(self).__name__}: member {name} cannot run on this codec, skipped: {err}"
+                    warnings.warn(message, stacklevel=2)
+                    report["skipped"][name] = str(err)
+                    continue
+                self.codec.eval()  # members restore the mode they found: keep coding in eval mode
+                psnr_adv, vi = real_figures(coder, x, x_adv, clean_hat)
+                badness = -psnr_adv if self.select == "psnr" else torch.nan_to_num(vi, nan=-torch.inf)
+                better = badness > worst
+                best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
+                worst = torch.where(better, badness, worst)
+                best_psnr = torch.where(better, psnr_adv, best_psnr)
+                best_vi = torch.where(better, vi, best_vi)
+                winner = [name if b else w for b, w in zip(better.tolist(), winner, strict=True)]
+                report["members"][name] = {
+                    "psnr_adv": psnr_adv.tolist(),
+                    "vi": vi.tolist(),
+                    "seconds": time.perf_counter() - started,
+                }
+            report.update(winner=winner, psnr_adv=best_psnr.tolist(), vi=best_vi.tolist())
+            self.last_report = report
+        finally:
+            self.codec.train(was_training)
+        return best
+
+    def image_report(self, index: int) -> dict:
+        """Image `index`'s part of `last_report`: winner, its figures, each member's figures, skipped."""
+        report = self.last_report
+        if report is None:
+            raise RuntimeError("the ensemble has not run yet")
+        return {
+            "winner": report["winner"][index],
+            "psnr_adv": report["psnr_adv"][index],
+            "vi": report["vi"][index],
+            "members": {
+                name: {"psnr_adv": m["psnr_adv"][index], "vi": m["vi"][index]}
+                for name, m in report["members"].items()
+            },
+            "skipped": sorted(report["skipped"]),
+        }
+
+
+class AutoAttack(Ensemble):
+    """`attack=auto`: a parameter-free worst case for one threat model.
+
+    Members, in this order, all with the same threat, budget and seed:
+    APGD (`steps` iterations) under each proxy (skip, ste, noise) with each of two objectives, the
+    distortion against the clean reconstruction and against the source (`apgd-<proxy>-<reference>`);
+    then Square (`queries` queries) on the real rounding, maximising the distortion against the source
+    (select=psnr) or the clean reconstruction (select=vi). Square runs on every image: choosing the
+    images by how the others did in the batch would make an image's result depend on its batch mates.
+
+    `objective` only contributes its distortion metric (mse or ms-ssim): the members use both
+    references, and its kind must be `distortion`. The members choose their proxies: `proxy` must stay
+    None. See `Ensemble` for the selection and `last_report`.
+    """
+
+    def __init__(
+        self,
+        codec: nn.Module,
+        threat: str = "linf",
+        eps: float | Tensor | None = None,
+        steps: int = 100,
+        queries: int = 1000,
+        select: str = "psnr",
+        objective: Objective | None = None,
+        proxy: str | None = None,
+        round_8bit: bool = False,
+        seed: int | None = 0,
+    ):
+        threat_model = Threat(threat)
+        eps = threat_model.default_eps if eps is None else eps
+        threat_model.check(eps)
+        if select not in SELECTS:
+            raise ValueError(f"attack.select={select!r} is unknown; choose one of: {', '.join(SELECTS)}")
+        if proxy is not None:
+            raise ValueError(
+                f"attack.proxy={proxy!r}: attack=auto runs APGD under each of {', '.join(GRADIENT_PROXIES)} "
+                "and Square on the real rounding; leave attack.proxy=null"
+            )
+        objective = objective if objective is not None else Objective()
+        if objective.kind != "distortion":
+            raise ValueError(
+                f"attack.objective.kind={objective.kind!r}: attack=auto maximises the reconstruction's "
+                "distortion; use kind=distortion"
+            )
+        common = {"threat": threat, "eps": eps, "round_8bit": round_8bit, "seed": seed}
+        members: dict[str, Attack] = {}
+        for member_proxy in GRADIENT_PROXIES:
+            for reference in REFERENCES:
+                members[f"apgd-{member_proxy}-{reference}"] = APGD(
+                    codec,
+                    steps=steps,
+                    objective=Objective(kind="distortion", reference=reference, distortion=objective.metric),
+                    proxy=member_proxy,
+                    **common,
+                )
+        square_reference = "source" if select == "psnr" else "clean"
+        members["square"] = Square(
+            codec,
+            queries=queries,
+            objective=Objective(kind="distortion", reference=square_reference, distortion=objective.metric),
+            **common,
+        )
+        super().__init__(codec, members, select=select, seed=seed)
+        self.threat = threat
+        self.eps = eps
+        self.steps = int(steps)
+        self.queries = int(queries)
+        self.objective = objective
+        self.proxy = proxy
+        self.round_8bit = round_8bit
+
+    def settings(self) -> dict:
+        # The members follow from the other settings: listing them would only repeat those.
+        settings = super().settings()
+        del settings["members"]
+        own = [name for name in inspect.signature(AutoAttack.__init__).parameters if name in settings]
+        return {**{name: settings.pop(name) for name in own}, **settings}
