@@ -1,16 +1,15 @@
 """Attack a learned image codec and measure the damage on real bitstreams:
-`python attack.py model=... model.weights=PATH attack=threshold data=kodak`."""
+`python attack.py model=... model.weights=PATH [attack=auto] data=kodak`."""
 
 import hydra
 from omegaconf import DictConfig
 
 from rnic.jobs import run_job
-from rnic.robustness import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="attack")
 def main(cfg: DictConfig) -> float | None:
-    curve = run_job(evaluate, cfg)
+    curve = run_job("rnic.robustness:evaluate_robustness", cfg)
     return None if curve is None else curve[-1]["psnr_adv"]
 
 

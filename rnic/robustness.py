@@ -19,10 +19,11 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from rnic import rd
+from rnic.attacks import Ensemble
+from rnic.coding import coder_on, compress_decompress
+from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
-from rnic.io import atomic_write, write_csv, write_json, write_png
-from rnic.module import MS_SSIM_MIN_SIDE
-from rnic.training import attack_spec, build, build_attacks, build_codec
+from rnic.io import atomic_write, write_csv, write_json, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -30,44 +31,102 @@ COLUMNS = (
     "psnr_in", "linf", "psnr_clean", "psnr_adv", "psnr_adv_in", "msssim_clean", "msssim_adv",
     "bpp_clean", "bpp_adv", "vi", "vi_msssim", "seconds",
 )  # fmt: skip
+# Data settings that change how images are loaded, not which images or pixels: left out of a run's key.
+LOADING_KEYS = (
+    "num_workers",
+    "cache_images",
+    "check_images",
+    "batch_size",
+    "val_batch_size",
+    "train_repeats",
+)
+# attack.py settings that change where or how fast a run goes, not its figures.
+RUN_ONLY_KEYS = ("save_images",)
 
 
-def finite(value: float) -> float | None:
-    """JSON has no infinity: an unbounded figure (e.g. PSNR of an untouched image) becomes null."""
+def finite(value) -> float | None:
+    """JSON has no infinity or NaN: an unbounded or undefined figure (the PSNR of an untouched image,
+    the VI of an unperturbed one) becomes null."""
     value = float(value)
     return value if math.isfinite(value) else None
 
 
-def db(ratio: torch.Tensor) -> float | None:
-    return finite(10 * torch.log10(ratio))
-
-
 @torch.no_grad()
-def measure(
-    codec: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor
-) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Real-bitstream figures of one image and its adversarial version (batch of one)."""
-    clean_hat, bpp_clean = rd.code(codec, x)
-    adv_hat, bpp_adv = rd.code(codec, x_adv)
-    mse_in = rd.mse(x_adv, x)
-    record = {
-        "psnr_in": finite(rd.psnr(x_adv, x)),
-        "linf": float((x_adv - x).abs().max() * 255),
-        "psnr_clean": finite(rd.psnr(clean_hat, x)),
-        "psnr_adv": finite(rd.psnr(adv_hat, x)),
-        "psnr_adv_in": finite(rd.psnr(adv_hat, x_adv)),
-        "msssim_clean": None,
-        "msssim_adv": None,
-        "bpp_clean": float(bpp_clean),
-        "bpp_adv": float(bpp_adv),
-        "vi": db(rd.mse(adv_hat, clean_hat) / mse_in),
-        "vi_msssim": None,
+def code_pair(
+    coder: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor
+) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """Real-bitstream figures of a batch of images and their adversarial versions, one record each."""
+    clean_hat, bpp_clean = compress_decompress(coder, x)
+    adv_hat, bpp_adv = compress_decompress(coder, x_adv)
+    columns = {
+        "psnr_in": rd.psnr(x_adv, x),
+        "linf": (x_adv - x).flatten(1).abs().amax(1) * 255,
+        "psnr_clean": rd.psnr(clean_hat, x),
+        "psnr_adv": rd.psnr(adv_hat, x),
+        "psnr_adv_in": rd.psnr(adv_hat, x_adv),
+        "bpp_clean": bpp_clean,
+        "bpp_adv": bpp_adv,
+        "vi": rd.vulnerability_index(adv_hat, clean_hat, x_adv, x),
     }
-    if min(x.shape[-2:]) >= MS_SSIM_MIN_SIDE:
-        record["msssim_clean"] = float(rd.ms_ssim(clean_hat, x))
-        record["msssim_adv"] = float(rd.ms_ssim(adv_hat, x))
-        record["vi_msssim"] = db((1 - rd.ms_ssim(adv_hat, clean_hat)) / (1 - rd.ms_ssim(x_adv, x)))
-    return record, clean_hat, adv_hat
+    if rd.has_ms_ssim(x):
+        ms_adv, ms_clean = rd.ms_ssim(adv_hat, x), rd.ms_ssim(clean_hat, x)
+        columns["msssim_clean"] = ms_clean
+        columns["msssim_adv"] = ms_adv
+        vi_ms = 10 * torch.log10((1 - rd.ms_ssim(adv_hat, clean_hat)) / (1 - rd.ms_ssim(x_adv, x)))
+        columns["vi_msssim"] = vi_ms
+    records = []
+    for i in range(x.shape[0]):
+        record = dict.fromkeys(("msssim_clean", "msssim_adv", "vi_msssim"))
+        record.update({key: finite(value[i]) for key, value in columns.items()})
+        records.append(record)
+    return records, clean_hat, adv_hat
+
+
+def member_table(records: list[dict]) -> dict[str, dict]:
+    """Per ensemble member: images it won, its mean decoded PSNR and VI over the images it ran on,
+    and the images where it was skipped (it could not run on this codec)."""
+    table: dict[str, dict] = {}
+    for record in records:
+        for name, figures in (record.get("members") or {}).items():
+            row = table.setdefault(name, {"wins": 0, "psnr_adv": [], "vi": [], "skipped": 0})
+            if figures.get("psnr_adv") is not None:
+                row["psnr_adv"].append(figures["psnr_adv"])
+            if figures.get("vi") is not None:
+                row["vi"].append(figures["vi"])
+            row["skipped"] += bool(figures.get("skipped"))
+            row["wins"] += record.get("winner") == name
+    return {
+        name: {
+            "wins": row["wins"],
+            "psnr_adv": float(np.mean(row["psnr_adv"])) if row["psnr_adv"] else None,
+            "vi": float(np.mean(row["vi"])) if row["vi"] else None,
+            "skipped": row["skipped"],
+        }
+        for name, row in table.items()
+    }
+
+
+def format_members(members: dict[str, dict]) -> str:
+    width = max(len(name) for name in members)
+    lines = [f"{'member':<{width}}  {'wins':>5}  {'psnr_adv':>9}  {'vi':>7}  skipped"]
+    for name, row in members.items():
+        lines.append(
+            f"{name:<{width}}  {row['wins']:>5}  {cell(row['psnr_adv'], 'psnr'):>9}  "
+            f"{cell(row['vi'], 'vi'):>7}  {row['skipped'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def ensemble_fields(attack, row: int) -> dict:
+    """An ensemble's winner and every member's decoded figures for image `row` of the last batch."""
+    if not isinstance(attack, Ensemble) or attack.last_report is None:
+        return {}
+    report = attack.image_report(row)
+    members = {
+        name: {k: finite(v) for k, v in figures.items()} for name, figures in report["members"].items()
+    }
+    members.update({name: {"skipped": True} for name in report["skipped"]})
+    return {"winner": report["winner"], "members": members}
 
 
 def mean_of(records: list[dict]) -> dict:
@@ -88,7 +147,7 @@ def save_panel(path: Path, name: str, x, x_adv, clean_hat, adv_hat, record: dict
     gain = 0.5 / max(float(delta.abs().max()), 1e-8)
     panels = [
         (x, "source"),
-        (x_adv, f"adversarial ({_fmt(record['psnr_in'])} dB)"),
+        (x_adv, f"adversarial ({_fmt(record['psnr_in'], 'inf')} dB)"),
         (0.5 + gain * delta, f"perturbation x{gain:.0f}"),
         (clean_hat, f"clean rec. {_fmt(record['psnr_clean'])} dB, {record['bpp_clean']:.3f} bpp"),
         (adv_hat, f"adv. rec. {_fmt(record['psnr_adv'])} dB, {record['bpp_adv']:.3f} bpp"),
@@ -103,8 +162,8 @@ def save_panel(path: Path, name: str, x, x_adv, clean_hat, adv_hat, record: dict
     write_png(path, figure, dpi=80)
 
 
-def _fmt(value: float | None) -> str:
-    return "inf" if value is None else f"{value:.2f}"
+def _fmt(value: float | None, none: str = "n/a") -> str:
+    return none if value is None else f"{value:.2f}"
 
 
 def save_curve(path: Path, curve: list[dict], title: str) -> None:
@@ -124,13 +183,24 @@ def save_curve(path: Path, curve: list[dict], title: str) -> None:
     write_png(path, figure, dpi=80)
 
 
-def format_table(records: list[dict], mean: dict) -> str:
+def cell(value: float | None, column: str) -> str:
+    if value is None:  # null: an unbounded PSNR (identical images) or an undefined VI
+        return "inf" if column.startswith("psnr") else "n/a"
+    return f"{value:.3f}"
+
+
+def results_table(records: list[dict], mean: dict) -> str:
     shown = ("psnr_in", "linf", "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "vi", "msssim_adv")
     width = max([len(r["image"]) for r in records] + [5])
     lines = [f"{'image':<{width}} " + " ".join(f"{c:>11}" for c in shown)]
     for row in [*records, {"image": "mean", **mean}]:
-        cells = " ".join(f"{_fmt(row[c]) if row[c] is None else format(row[c], '.3f'):>11}" for c in shown)
+        cells = " ".join(f"{cell(row[c], c):>11}" for c in shown)
         lines.append(f"{row['image']:<{width}} {cells}")
+    if any((r["vi"] or 0) < 0 for r in records):
+        lines.append(
+            "(a negative VI: the attacked reconstruction is closer to the clean one than the attacked input "
+            "is to the source; the codec absorbed the perturbation)"
+        )
     return "\n".join(lines)
 
 
@@ -144,8 +214,50 @@ def image_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(root).with_suffix("")).replace(os.sep, "_") for p in paths]
 
 
+def run_key(cfg: DictConfig) -> dict:
+    """What decides a run's figures: the resolved model, attack, data and split, the seed, and the
+    weights file's hash. A rerun into a folder continues it only if its key is the same."""
+    key = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "attack", "data")}
+    for name in LOADING_KEYS:
+        key["data"].pop(name, None)
+    for name in RUN_ONLY_KEYS:
+        key["attack"].pop(name, None)
+    key["attack"].pop("eps", None)  # each budget has its own folder and results
+    key.update(split=cfg.split, seed=cfg.seed)
+    if cfg.model.get("weights"):
+        key["weights_sha256"] = file_sha256(cfg.model.weights)
+    return key
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for k, v in tree.items():
+        flat.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return flat
+
+
+def check_key(results_path: Path, key: dict) -> list[dict]:
+    """The records already in `results_path`, if it belongs to a run with the same key."""
+    if not results_path.is_file():
+        return []
+    previous = json.loads(results_path.read_text())
+    old, new = flatten(previous.get("key") or {}), flatten(key)
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    differ.sort(key=lambda k: not k.endswith(("arch", "_target_", "weights_sha256")))  # telling ones first
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ValueError(
+            f"{results_path} holds results of another run ({shown}{more}): "
+            "use another hydra.run.dir, or delete that folder"
+        )
+    return previous["images"]
+
+
 class Evaluation:
-    """One attack.py run: every image of a split, for every budget."""
+    """One attack.py run: every image of a split, for every budget, same-size images in batches."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -154,6 +266,8 @@ class Evaluation:
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
+        if int(cfg.batch_size) < 1:
+            raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
 
         # Everything that can be wrong is found here, before any attack runs.
         datamodule = build(cfg.data)
@@ -168,23 +282,33 @@ class Evaluation:
         crop = datamodule.crops.get(cfg.split)  # whole images (or val/test centre crops), never random
         self.dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None)
         self.names = names
-        self.codec = build_codec(cfg).to(self.device).eval()
+        self.sizes = [(crop, crop) if crop else image_size(path) for path in files]
+        self.codec = codec_from_config(cfg).to(self.device).eval()
         self.codec.update(force=True)
+        self.coder = coder_on(self.codec, cfg.coding_device)
         self.attacks = build_attacks(cfg.attack, self.codec)
-        self.target, self.mask = self.load_target(files, crop)
+        for attack in self.attacks:
+            if isinstance(attack, Ensemble):
+                attack.coding_device = cfg.coding_device
+        self.target, self.mask = self.load_target()
         self.adversarial_dir = self.check_load_from()
+        self.key = run_key(cfg)
+        self.folders = [
+            self.output_dir if len(self.budgets) == 1 else self.output_dir / f"eps_{eps:g}"
+            for eps in self.budgets
+        ]
+        self.previous = [check_key(folder / "results.json", self.key) for folder in self.folders]
 
-    def load_target(self, files: list[Path], crop: int | None):
+    def load_target(self):
         """The targeted objective's target (and mask), checked against every image's size."""
         target = mask = None
         if self.options["target"]:
             target = read_image(self.options["target"])[None].to(self.device)
-            for path in files:
-                size = (crop, crop) if crop else image_size(path)
+            for name, size in zip(self.names, self.sizes, strict=True):
                 if tuple(size) != tuple(target.shape[-2:]):
                     raise ValueError(
                         f"attack.target={self.options['target']!r} is {tuple(target.shape[-2:])}, "
-                        f"but image {str(path)!r} is {tuple(size)}"
+                        f"but image {name!r} is {tuple(size)}"
                     )
         if self.options["mask"]:
             mask = read_image(self.options["mask"])[None, :1].to(self.device)
@@ -207,11 +331,21 @@ class Evaluation:
             )
         return folder
 
+    def batches(self, todo: list[int]) -> list[list[int]]:
+        """Indices of same-size images, at most `batch_size` per batch, in split order."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in todo:
+            groups.setdefault(tuple(self.sizes[index]), []).append(index)
+        size = int(self.cfg.batch_size)
+        batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+        return sorted(batches, key=lambda b: b[0])
+
     def run(self) -> list[dict]:
         curve = []
-        for eps, attack in zip(self.budgets, self.attacks, strict=True):
-            folder = self.output_dir if len(self.budgets) == 1 else self.output_dir / f"eps_{eps:g}"
-            mean = self.run_budget(attack, folder)
+        for eps, attack, folder, previous in zip(
+            self.budgets, self.attacks, self.folders, self.previous, strict=True
+        ):
+            mean = self.run_budget(attack, folder, previous)
             curve.append({"eps": eps, **mean})
         if len(self.budgets) > 1:
             write_json(self.output_dir / "curve.json", curve)
@@ -224,56 +358,85 @@ class Evaluation:
             print(f"robustness curve: {self.output_dir / 'robustness_curve.png'}")
         return curve
 
-    def run_budget(self, attack, folder: Path) -> dict:
-        results_path = folder / "results.json"
-        records = []
-        if results_path.is_file():  # a rerun in the same folder skips the images already measured
-            previous = json.loads(results_path.read_text())
-            if previous.get("attack") != repr(attack):
+    def adversarial(self, attack, indices: list[int], x: torch.Tensor) -> torch.Tensor:
+        if self.adversarial_dir is None:
+            target = None if self.target is None else self.target.expand(len(indices), -1, -1, -1)
+            return attack(x, target=target, mask=self.mask)
+        images = []
+        for index, source in zip(indices, x, strict=True):
+            path = self.adversarial_dir / f"{self.names[index]}.png"
+            image = read_image(path).to(self.device)
+            if image.shape != source.shape:
                 raise ValueError(
-                    f"{results_path} holds results of {previous.get('attack')}, not of {attack}: "
-                    "use another hydra.run.dir"
+                    f"{path} is {tuple(image.shape[-2:])}, the source is {tuple(source.shape[-2:])}"
                 )
-            records = previous["images"]
+            images.append(image)
+        return torch.stack(images)
+
+    def run_budget(self, attack, folder: Path, records: list[dict]) -> dict:
+        """Attack and measure every image not yet in `folder`'s results (a rerun continues a run)."""
+        results_path = folder / "results.json"
         done = {r["image"] for r in records}
         todo = [i for i, name in enumerate(self.names) if name not in done]
-        for index in tqdm(todo, desc=f"attack {folder.name}", unit="image", disable=not todo):
-            name = self.names[index]
-            x = self.dataset[index][None].to(self.device)
+        pixels = [self.sizes[i][0] * self.sizes[i][1] / 1e6 for i in range(len(self.names))]
+        progress = tqdm(
+            total=round(sum(pixels[i] for i in todo), 2),
+            desc=f"attack {folder.name}",
+            unit="Mpx",
+            disable=not todo,
+        )
+        for indices in self.batches(todo):
+            x = torch.stack([self.dataset[i] for i in indices]).to(self.device)
             started = time.perf_counter()
-            if self.adversarial_dir is not None:
-                x_adv = read_image(self.adversarial_dir / f"{name}.png")[None].to(self.device)
-                if x_adv.shape != x.shape:
-                    raise ValueError(
-                        f"{self.adversarial_dir / name}.png is {tuple(x_adv.shape[-2:])}, "
-                        f"the source is {tuple(x.shape[-2:])}"
-                    )
-            else:
-                x_adv = attack(x, target=self.target, mask=self.mask)
-            record, clean_hat, adv_hat = measure(self.codec, x, x_adv)
-            record = {"image": name, **record, "seconds": time.perf_counter() - started}
-            save_panel(folder / "panels" / f"{name}.png", name, x, x_adv, clean_hat, adv_hat, record)
-            if self.options["save_images"]:
-                image = to_uint8(x_adv[0])
-                atomic_write(
-                    folder / "adversarial" / f"{name}.png",
-                    lambda tmp, im=image: iio.imwrite(tmp, im, extension=".png"),
+            x_adv = self.adversarial(attack, indices, x)
+            batch_records, clean_hat, adv_hat = code_pair(self.coder, x, x_adv)
+            seconds = (time.perf_counter() - started) / len(indices)
+            for row, index in enumerate(indices):
+                name = self.names[index]
+                record = {"image": name, **batch_records[row], "seconds": seconds}
+                if self.adversarial_dir is None:
+                    record.update(ensemble_fields(attack, row))
+                rows = slice(row, row + 1)
+                save_panel(
+                    folder / "panels" / f"{name}.png",
+                    name,
+                    x[rows],
+                    x_adv[rows],
+                    clean_hat[rows],
+                    adv_hat[rows],
+                    record,
                 )
-            records.append(record)
+                if self.options["save_images"]:
+                    image = to_uint8(x_adv[row])
+                    atomic_write(
+                        folder / "adversarial" / f"{name}.png",
+                        lambda tmp, im=image: iio.imwrite(tmp, im, extension=".png"),
+                    )
+                records.append(record)
+            records.sort(key=lambda r: self.names.index(r["image"]) if r["image"] in self.names else -1)
             mean = mean_of(records)
-            write_json(results_path, {"attack": repr(attack), "images": records, "mean": mean})
-            write_csv(folder / "results.csv", [*records, {"image": "mean", **mean}], ("image", *COLUMNS))
+            results = {"key": self.key, "attack": repr(attack), "images": records, "mean": mean}
+            members = member_table(records)
+            if members:
+                results["members"] = members
+            write_json(results_path, results)
+            columns = ("image", *COLUMNS, *(("winner",) if members else ()))
+            write_csv(folder / "results.csv", [*records, {"image": "mean", **mean}], columns)
+            progress.update(round(sum(pixels[i] for i in indices), 2))
+        progress.close()
         mean = mean_of(records)
-        print(f"\n{attack} on {len(records)} image(s), real bitstreams:\n" + format_table(records, mean))
+        print(f"\n{attack} on {len(records)} image(s), real bitstreams:\n" + results_table(records, mean))
+        members = member_table(records)
+        if members:
+            print("\nensemble members (decoded figures; wins: images where the member was the worst case):")
+            print(format_members(members))
         print(f"results: {results_path}")
         return mean
 
 
-def evaluate(cfg: DictConfig) -> list[dict]:
-    """Run attack.py's evaluation; returns the mean figures of each budget."""
+def evaluate_robustness(cfg: DictConfig) -> list[dict]:
+    """attack.py's job: attack a split and measure it on real bitstreams; the mean figures per budget."""
     torch.manual_seed(cfg.seed)
-    evaluation = Evaluation(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    evaluation = Evaluation(cfg)  # every check passes before anything is written
+    write_text(Path(cfg.paths.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return evaluation.run()

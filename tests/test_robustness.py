@@ -10,7 +10,8 @@ import pytest
 from rnic import rd
 from rnic.codecs import build_codec, load_weights
 from rnic.data import read_image
-from rnic.robustness import COLUMNS, evaluate
+from rnic.robustness import COLUMNS
+from rnic.robustness import evaluate_robustness as evaluate
 from tests.conftest import ROOT, compose_config
 
 FIELDS = {"image", *COLUMNS}
@@ -199,3 +200,48 @@ def test_only_the_attacked_split_is_checked(tmp_path, trained_checkpoint):
     assert mean["images"] == 1  # the 64x64 training image (smaller than data.patch_size) is not in the way
     (record,) = json.loads((tmp_path / "run" / "results.json").read_text())["images"]
     assert record["image"] == "photo"
+
+
+def auto_cfg(tmp_path, checkpoint, *overrides):
+    return compose_config(
+        tmp_path,
+        "model=bmshj2018_hyperprior",
+        "model.N=32",
+        "model.M=48",
+        f"model.weights={checkpoint}",
+        "data.val_crop=192",
+        "max_images=2",
+        *overrides,
+        config_name="attack",
+    )
+
+
+def test_auto_is_the_default_and_records_the_winner_of_each_image(tmp_path, trained_checkpoint):
+    (mean,) = evaluate(auto_cfg(tmp_path, trained_checkpoint, "attack.steps=3", "attack.queries=4"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["attack"].startswith("AutoAttack(")
+    members = results["members"]
+    assert sum(row["wins"] for row in members.values()) == 2 and "square" in members
+    for record in results["images"]:
+        figures = record["members"]
+        assert record["winner"] in figures
+        # The kept example is the one with the worst decoded PSNR, and it is what attack.py measured.
+        worst = min(f["psnr_adv"] for f in figures.values() if f.get("psnr_adv") is not None)
+        assert record["psnr_adv"] == pytest.approx(worst, abs=1e-4)
+        assert record["psnr_adv"] == pytest.approx(figures[record["winner"]]["psnr_adv"], abs=1e-4)
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["winner"] for r in rows[:2]] == [r["winner"] for r in results["images"]]
+
+
+def test_batched_and_one_by_one_runs_agree(tmp_path, trained_checkpoint):
+    records = {}
+    for size in (1, 2):
+        folder = tmp_path / f"batch_{size}"
+        overrides = ["attack=apgd", "attack.steps=3", "attack.proxy=noise", f"batch_size={size}"]
+        evaluate(auto_cfg(folder, trained_checkpoint, *overrides))
+        records[size] = json.loads((folder / "results.json").read_text())["images"]
+    for one, two in zip(records[1], records[2], strict=True):
+        assert one["image"] == two["image"]
+        for key in ("psnr_in", "psnr_adv", "bpp_adv", "vi"):
+            assert one[key] == pytest.approx(two[key], rel=1e-3), key
