@@ -1,0 +1,369 @@
+"""Robust training methods (`adv.method=`), all driven by the same `attack=` config, and the exact
+count of the codec passes they cost.
+
+- `none`: clean rate-distortion training (the equal-compute control); the attack only validates.
+- `mix`: part of each batch replaced by fresh adversarial examples (`rnic.adversarial`).
+- `free`: each batch replayed `adv.replays` times; one backward per replay gives the codec's gradient
+  and the input gradient, which moves a perturbation carried over from batch to batch.
+- `fast`: a single step of 1.25 x the budget from a uniform random start, guarded against
+  catastrophic overfitting by a periodic check against the configured (multi-step) attack.
+- `consistency`: RD loss on clean images + beta * lmbda * D(x_hat(x_adv), x_hat(x)), the
+  adversarial example maximising that distance (TRADES' form).
+- `teacher`: RD loss on clean images + beta * lmbda * D(x_hat(x_adv), teacher(x)), the teacher a
+  frozen copy of the starting codec (or `adv.teacher=PATH` of the same architecture).
+
+Passes. One pass is one forward of the codec whose graph a backward then runs through, on as many
+images as the training batch holds: an attack step on half of the batch is half a pass, a replay of
+`free` is one pass. Forwards without a backward (the attack's clean reference, the teacher, the
+guard's comparison) are counted apart as forward passes. Both are counted by hooks on the codec's
+(and the teacher's) forward during the training step, so the figures are measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
+from rnic.adversarial import AdversarialMixing, Step, rd_step
+from rnic.attacks import PGD, Attack, Objective, Threat, quantization_proxy
+from rnic.attacks.base import per_image
+from rnic.attacks.objectives import distortion
+from rnic.codecs import load_codec_state, read_codec_state
+
+log = logging.getLogger(__name__)
+
+METHODS = ("none", "mix", "free", "fast", "consistency", "teacher")
+
+
+@dataclass
+class PassCount:
+    passes: float = 0.0  # forwards followed by a backward, in training batches
+    forwards: float = 0.0  # forwards alone
+
+
+@contextmanager
+def count_passes(modules: list[nn.Module], batch_size: int):
+    """Within the block, count the forwards of `modules` (in units of `batch_size` images)."""
+    count = PassCount()
+
+    def hook(module, args, output):
+        images = args[0].shape[0] / batch_size
+        if torch.is_grad_enabled():
+            count.passes += images
+        else:
+            count.forwards += images
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield count
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def threat_of(attack: Attack, method: str) -> Threat:
+    """The threat model of the configured attack (free and fast move inside it themselves)."""
+    name = getattr(attack, "threat", None)
+    if name is None:
+        raise ValueError(
+            f"adv.method={method} needs an attack with a threat model (attack=linf, l2, apgd or auto); "
+            f"{type(attack).__name__} has none"
+        )
+    return Threat(name, box=getattr(attack, "box", None)) if name != "linf" else Threat(name)
+
+
+class CleanTraining(AdversarialMixing):
+    """`none`: clean training; the attack validates only (the control of a study)."""
+
+    name = "none"
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        return rd_step(module.codec, x, x, module.lmbda, module.metric)
+
+
+class FreeTraining(AdversarialMixing):
+    """`free` (Shafahi et al. 2019): each batch replayed `replays` times; every replay is one optimizer
+    update and one training step. The perturbation of the first `ratio` of the batch is moved by one
+    budget-sized ascent step on the input gradient of the same backward, projected onto the threat's
+    set, and carried over to the next replay and the next batch."""
+
+    name = "free"
+
+    def __init__(self, attack: Attack, replays: int = 4, **kwargs):
+        super().__init__(attack, **kwargs)
+        self.replays = int(replays)
+        self.threat = threat_of(attack, self.name)
+        self._held: Tensor | None = None
+        self._replay = 0
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def replay(self, x: Tensor) -> Tensor:
+        """The batch of this step: the loader's new batch at every `replays`-th step, else the held one.
+        (The loader's batches fetched during replays are not used: its crops are random anyway.)"""
+        if self._replay == 0 or self._held is None or self._held.shape != x.shape:
+            self._held, self._replay = x, 0
+        self._replay = (self._replay + 1) % self.replays
+        return self._held
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        x = self.replay(x)
+        n = self.count(x.shape[0])
+        source = x[:n]
+        eps = per_image(self.budget(module.global_step), source, "eps")
+        if self._delta is None or self._delta.shape != source.shape:
+            self._delta = torch.zeros_like(source)
+        adversarial = self.threat.project(source, source + self._delta, eps).detach().requires_grad_(True)
+        inputs = torch.cat([adversarial, x[n:]])
+        targets = inputs if self.target == "input" else x
+        step = rd_step(module.codec, inputs, targets, module.lmbda, module.metric)
+        self._pending = (source, adversarial, eps) if n else None
+        step.logs["train/adv_images"] = float(n)
+        step.logs["train/replay"] = float((self._replay - 1) % self.replays)
+        return step
+
+    def after_backward(self) -> None:
+        if self._pending is None:
+            return
+        source, adversarial, eps = self._pending
+        self._pending = None
+        grad = adversarial.grad
+        if grad is None:  # the loss did not reach the input (cannot happen with the RD loss)
+            return
+        size = self.threat.radius(source, eps)
+        with torch.no_grad():
+            moved = self.threat.project(source, adversarial + size * self.threat.ascent(grad), eps)
+        self._delta = (moved - source).detach()
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", replays={self.replays})"
+
+
+class RandomStartFGSM(PGD):
+    """One ascent step of `step_scale` x the threat's radius from a uniform random start (Wong et al.)."""
+
+    def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
+        super().__init__(codec, steps=1, random_start=True, **kwargs)
+        self.step_scale = step_scale
+
+    def perturb(self, x: Tensor, ctx, eps: Tensor) -> Tensor:
+        self.alpha = self.step_scale * self._threat.radius(x, eps)
+        try:
+            return super().perturb(x, ctx, eps)
+        finally:
+            self.alpha = None
+
+
+def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
+    """The mean value of `attack`'s objective at `x_adv` (no gradient; the codec in eval mode)."""
+    codec = attack.codec
+    was_training = codec.training
+    codec.eval()
+    try:
+        with torch.no_grad(), quantization_proxy(codec, attack.proxy):
+            ctx = attack.objective.context(codec, x, None, None)
+            return attack.value(x_adv, ctx).mean()
+    finally:
+        codec.train(was_training)
+
+
+class FastTraining(AdversarialMixing):
+    """`fast`: the first `ratio` of each batch replaced by a random-start single-step example.
+
+    Guard: every `guard_every` steps the configured attack runs on the same images; when its objective
+    exceeds `guard_ratio` x the single step's (catastrophic overfitting: the single step no longer finds
+    what a real attack finds), the guard fires: it is logged, recorded in the final table, and the rest
+    of the run trains on the configured attack's examples instead (what mix does)."""
+
+    name = "fast"
+
+    def __init__(self, attack: Attack, guard_every: int = 50, guard_ratio: float = 3.0, **kwargs):
+        super().__init__(attack, **kwargs)
+        if int(guard_every) < 0 or not guard_ratio > 0:
+            raise ValueError(
+                f"adv.guard_every={guard_every} must be >= 0 and adv.guard_ratio={guard_ratio} > 0"
+            )
+        threat = threat_of(attack, self.name)
+        self.single_step = RandomStartFGSM(
+            attack.codec,
+            threat=threat.name,
+            eps=attack.eps,
+            objective=attack.objective,
+            proxy=attack.proxy,
+            round_8bit=attack.round_8bit,
+            seed=attack.seed,
+        )
+        self.guard_every = int(guard_every)
+        self.guard_ratio = float(guard_ratio)
+        self.collapsed_at: int | None = None
+        self.guard_values: tuple[float, float] | None = None
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        step_number, rank = module.global_step, module.global_rank
+        n = self.count(x.shape[0])
+        source = x[:n]
+        eps, seed = self.budget(step_number), self.seed(step_number, rank)
+        logs = {"train/adv_images": float(n)}
+        if n and self.collapsed_at is not None:
+            adversarial = self.attack(source, eps=eps, seed=seed)
+        elif n:
+            adversarial = self.single_step(source, eps=eps, seed=seed)
+            if self.guard_every and step_number % self.guard_every == 0:
+                logs.update(self.guard(module, source, adversarial, eps, seed))
+        else:
+            adversarial = source
+        inputs = torch.cat([adversarial, x[n:]])
+        targets = inputs if self.target == "input" else x
+        step = rd_step(module.codec, inputs, targets, module.lmbda, module.metric)
+        step.logs.update(logs)
+        step.logs["train/fast_collapsed"] = float(self.collapsed_at is not None)
+        return step
+
+    def guard(self, module, source: Tensor, single: Tensor, eps, seed) -> dict[str, float]:
+        strong = self.attack(source, eps=eps, seed=seed)
+        single_value = float(objective_value(self.attack, source, single))
+        strong_value = float(objective_value(self.attack, source, strong))
+        ratio = strong_value / max(single_value, 1e-12)
+        fired = ratio > self.guard_ratio
+        # Every rank decides together, so that all ranks keep doing the same passes.
+        if module.trainer.strategy.reduce_boolean_decision(fired, all=False):
+            self.collapsed_at = module.global_step
+            self.guard_values = (strong_value, single_value)
+            log.warning(
+                "adv.method=fast: catastrophic overfitting at step %d: the guard's attack reaches an "
+                "objective of %.4g, the single step only %.4g (ratio %.2f > adv.guard_ratio=%g); the rest "
+                "of the run trains on %s's examples",
+                module.global_step,
+                strong_value,
+                single_value,
+                ratio,
+                self.guard_ratio,
+                type(self.attack).__name__,
+            )
+        return {"train/guard_ratio": ratio}
+
+    def state_dict(self) -> dict:
+        return {"collapsed_at": self.collapsed_at, "guard_values": self.guard_values}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.collapsed_at = state.get("collapsed_at")
+        self.guard_values = state.get("guard_values")
+
+
+class ConsistencyTraining(AdversarialMixing):
+    """`consistency` (TRADES-like): RD loss on the clean batch + beta * lmbda * D(x_hat(x_adv), x_hat(x))
+    on its first `ratio`, D the training metric's distortion (255^2 MSE or 1 - MS-SSIM); the attack
+    maximises D between the adversarial and the clean reconstruction (objective reference=clean)."""
+
+    name = "consistency"
+
+    def __init__(self, attack: Attack, beta: float = 1.0, metric: str = "mse", **kwargs):
+        super().__init__(copy.copy(attack), **kwargs)
+        self.beta = float(beta)
+        self.metric = metric
+        self.attack.objective = Objective(kind="distortion", reference="clean", distortion=metric)
+
+    def reference(self, module, x: Tensor, clean: Step) -> Tensor:
+        return clean.x_hat[: x.shape[0]]
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        n = self.count(x.shape[0])
+        step = rd_step(module.codec, x, x, module.lmbda, module.metric)
+        step.logs["train/adv_images"] = float(n)
+        if n == 0:
+            return step
+        source = x[:n]
+        adversarial = self.attack(
+            source,
+            eps=self.budget(module.global_step),
+            seed=self.seed(module.global_step, module.global_rank),
+        )
+        x_hat_adv = rd.forward_padded(module.codec, adversarial)[0]
+        scale = 255**2 if self.metric == "mse" else 1.0
+        term = module.lmbda * scale * distortion(x_hat_adv, self.reference(module, source, step), self.metric)
+        step.loss = step.loss + self.beta * term.mean()
+        step.logs[f"train/{self.name}_term"] = float(term.detach().mean())
+        return step
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", beta={self.beta})"
+
+
+class TeacherTraining(ConsistencyTraining):
+    """`teacher`: the adversarial reconstruction pulled toward a frozen teacher's clean reconstruction
+    (Cao et al.'s idea, in its simple form); the attack is the configured one, against the student."""
+
+    name = "teacher"
+
+    def __init__(self, attack: Attack, teacher: str | None = None, **kwargs):
+        objective = attack.objective
+        super().__init__(attack, **kwargs)
+        self.attack.objective = objective  # the configured attack, not the consistency objective
+        self.teacher = copy.deepcopy(attack.codec)
+        if teacher:
+            load_teacher(self.teacher, teacher)
+        self.teacher.requires_grad_(False).eval()
+
+    def reference(self, module, x: Tensor, clean: Step) -> Tensor:
+        self.teacher.eval()  # Lightning puts every submodule in train mode
+        with torch.no_grad():
+            return rd.forward_padded(self.teacher, x)[0].clamp(0, 1)
+
+
+def load_teacher(teacher: nn.Module, path: str) -> None:
+    """Teacher weights from `path`, refused unless they are the student's architecture."""
+    state, codec_class = read_codec_state(path)
+    if codec_class is not None and codec_class != type(teacher).__name__:
+        raise ValueError(
+            f"adv.teacher={str(path)!r} holds a {codec_class}, the student is a {type(teacher).__name__}: "
+            "the teacher must be the same architecture"
+        )
+    try:
+        load_codec_state(teacher, state)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
+        raise ValueError(
+            f"adv.teacher={str(path)!r} is not the student's architecture ({type(teacher).__name__} "
+            f"as model= configures it): {detail}"
+        ) from None
+
+
+def build_method(
+    attack: Attack,
+    method: str = "mix",
+    replays: int = 4,
+    beta: float = 1.0,
+    teacher: str | None = None,
+    guard_every: int = 50,
+    guard_ratio: float = 3.0,
+    metric: str = "mse",
+    **mixing,
+) -> AdversarialMixing:
+    """The training method `adv.method` around `attack` (the other `adv.*` keys as each method takes them)."""
+    check_method_settings(method, replays, beta)
+    if method == "none":
+        return CleanTraining(attack, **mixing)
+    if method == "mix":
+        return AdversarialMixing(attack, **mixing)
+    if method == "free":
+        return FreeTraining(attack, replays=replays, **mixing)
+    if method == "fast":
+        return FastTraining(attack, guard_every=guard_every, guard_ratio=guard_ratio, **mixing)
+    if method == "consistency":
+        return ConsistencyTraining(attack, beta=beta, metric=metric, **mixing)
+    return TeacherTraining(attack, beta=beta, metric=metric, teacher=teacher, **mixing)
+
+
+def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> None:
+    """Refuse an unknown method, free's m < 1, a negative beta (before anything is built)."""
+    if method not in METHODS:
+        raise ValueError(f"adv.method={method!r} is unknown; choose one of: {', '.join(METHODS)}")
+    if int(replays) != replays or int(replays) < 1:
+        raise ValueError(f"adv.replays={replays} must be an integer >= 1 (free's replays per batch)")
+    if not float(beta) >= 0:
+        raise ValueError(f"adv.beta={beta} must be >= 0")

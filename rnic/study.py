@@ -1,0 +1,118 @@
+"""The robust-methods study's table (`experiment=robust_methods`): one row per training method, its
+compute, its clean rate-distortion cost against the equal-compute clean control (BD-rate over the
+rate points) and its robustness gain under each threat model of `robust_eval`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from rnic.bdrate import bd_psnr, bd_rate
+
+CONTROL = "none"
+METHOD_ORDER = ("none", "mix", "free", "fast", "consistency", "teacher")
+
+
+def collect_runs(paths: list[Path]) -> list[dict]:
+    """Every training run under `paths` that was evaluated by `robust_eval` (final_metrics.json)."""
+    runs = []
+    for root in paths:
+        for final in sorted(Path(root).rglob("final_metrics.json")):
+            data = json.loads(final.read_text())
+            if data.get("robust_eval") and data.get("method"):
+                config = final.parent / "config.yaml"
+                lmbda = None
+                if config.is_file():
+                    from omegaconf import OmegaConf
+
+                    lmbda = OmegaConf.load(config).model.get("lmbda")
+                runs.append({"run": str(final.parent), "lmbda": lmbda, **data})
+    return runs
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _bd(function, anchor: list[dict], test: list[dict], threat: str) -> tuple[float | None, str | None]:
+    try:
+        value = function(
+            [r["robust_eval"][threat]["bpp_clean"] for r in anchor],
+            [r["robust_eval"][threat]["psnr_clean"] for r in anchor],
+            [r["robust_eval"][threat]["bpp_clean"] for r in test],
+            [r["robust_eval"][threat]["psnr_clean"] for r in test],
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        return None, str(err)
+    return (value if value == value else None), (None if value == value else "the curves do not overlap")
+
+
+def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[str]]:
+    """(rows, columns, notes): per method, means over its rate points; gains against `none`."""
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_method[run["method"]].append(run)
+    threats = sorted({t for run in runs for t in run["robust_eval"]})
+    first = threats[0]  # clean figures are the same under every threat: taken from the first
+    control = sorted(by_method.get(CONTROL, []), key=lambda r: r.get("lmbda") or 0)
+    notes, rows = [], []
+    order = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    for method in order:
+        group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
+        row = {
+            "method": method,
+            "runs": len(group),
+            "passes": _mean(r["passes"] for r in group),
+            "wall_s": _mean(r.get("train_seconds") for r in group),
+            "clean_psnr": _mean(r["robust_eval"][first]["psnr_clean"] for r in group),
+            "clean_bpp": _mean(r["robust_eval"][first]["bpp_clean"] for r in group),
+        }
+        if control:
+            row["bd_rate_pct"], why = _bd(bd_rate, control, group, first)
+            row["bd_psnr_db"], _ = _bd(bd_psnr, control, group, first)
+            if why:
+                notes.append(f"{method}: no BD-rate ({why})")
+        for threat in threats:
+            row[f"psnr_adv_{threat}"] = _mean(r["robust_eval"][threat]["psnr_adv"] for r in group)
+            row[f"vi_{threat}"] = _mean(r["robust_eval"][threat]["vi"] for r in group)
+        collapses = [r["fast_collapse_step"] for r in group if r.get("fast_collapse_step") is not None]
+        row["collapse"] = f"fast collapsed at step(s) {collapses}" if collapses else ""
+        rows.append(row)
+    control_row = next((r for r in rows if r["method"] == CONTROL), None)
+    for row in rows:
+        for threat in threats:
+            if control_row is None:
+                continue
+            vi, vi0 = row[f"vi_{threat}"], control_row[f"vi_{threat}"]
+            adv, adv0 = row[f"psnr_adv_{threat}"], control_row[f"psnr_adv_{threat}"]
+            row[f"vi_{threat}_gain"] = None if vi is None or vi0 is None else vi0 - vi
+            row[f"psnr_adv_{threat}_gain"] = None if adv is None or adv0 is None else adv - adv0
+    columns = ("method", "runs", "passes", "wall_s", "clean_psnr", "clean_bpp", "bd_rate_pct", "bd_psnr_db")
+    for threat in threats:
+        columns += (f"psnr_adv_{threat}", f"vi_{threat}", f"vi_{threat}_gain", f"psnr_adv_{threat}_gain")
+    return rows, (*columns, "collapse"), notes
+
+
+def gain_figure(rows: list[dict]) -> Figure:
+    """Robust gain (VI reduction against the control, dB) against compute (codec passes)."""
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    threats = sorted({k[3:-5] for row in rows for k in row if k.startswith("vi_") and k.endswith("_gain")})
+    for marker, threat in zip("os^vD", threats, strict=False):
+        points = [(r["passes"], r[f"vi_{threat}_gain"], r["method"]) for r in rows]
+        points = [p for p in points if p[1] is not None]
+        axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{threat} threat")
+        for x, y, name in points:
+            axis.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.axhline(0, color="gray", lw=0.8)
+    axis.set(xlabel="codec passes per run (forward + backward, in batches)",
+             ylabel="VI reduction vs clean control [dB]", title="robust gain vs compute")  # fmt: skip
+    axis.grid(alpha=0.3)
+    if threats:
+        axis.legend(fontsize=7)
+    return figure

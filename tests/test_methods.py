@@ -1,0 +1,194 @@
+"""Robust training methods (issue 11): each method through train(), exact pass counts, free's budget,
+the frozen teacher, bad input, fast's collapse guard, the BD-rate wrapper, and the study preset."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnic.attacks import PGD, Threat
+from rnic.bdrate import bd_psnr, bd_rate
+from rnic.codecs import build_codec
+from rnic.methods import FreeTraining
+from rnic.module import CodecModule
+from rnic.training import build_adversarial, train
+from tests.conftest import ROOT, TINY, compose_config, tiny_widths
+
+ATTACK = ["attack=linf", "attack.steps=2"]
+# Per step, batch of 2, ratio 0.5 (one adversarial image: half a pass per attack step), 2 PGD steps:
+# (passes, forward-only passes). fast's guard runs at steps 0 and 2 (adv.guard_every=2): the PGD check
+# (1 pass, 0.5 forward for its clean reference) and the two objective values (2 x 1.0 forward).
+EXPECTED = {
+    "none": [(1.0, 0.0)] * 2,
+    "mix": [(2.0, 0.5)] * 2,  # 1 + 2 attack steps x 0.5; the attack's clean reference
+    "free": [(1.0, 0.0)] * 2,  # one pass per replay, nothing else
+    "fast": [(2.5, 3.0), (1.5, 0.5)],  # 1 + one step x 0.5 (+ the guard at step 0)
+    "consistency": [(2.5, 0.5)] * 2,  # clean 1 + adversarial 0.5 + attack 2 x 0.5
+    "teacher": [(2.5, 1.0)] * 2,  # as consistency, and the teacher's forward 0.5
+}
+SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "adv.validate=false"]
+
+
+def logged(folder, *names):
+    with open(folder / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(names[0])]
+    return [tuple(float(r[n]) for n in names) for r in rows]
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_each_method_trains_and_logs_its_exact_passes(tiny_cfg, tmp_path, method):
+    results = train(tiny_cfg(*ATTACK, *SHORT, f"adv.method={method}", "adv.guard_every=2"))
+    per_step = logged(tmp_path, "train/passes", "train/forward_passes")
+    assert per_step == EXPECTED[method]
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved["method"] == method and saved["step"] == 2
+    assert saved["passes"] == pytest.approx(sum(p for p, _ in per_step))
+    assert saved["forward_passes"] == pytest.approx(sum(f for _, f in per_step))
+    assert saved["train_seconds"] > 0 and results["passes"] == saved["passes"]
+
+
+def test_free_replays_each_batch_m_times_one_step_each(tiny_cfg, tmp_path):
+    train(
+        tiny_cfg(
+            *ATTACK, "adv.method=free", "adv.replays=4", "adv.validate=false", "trainer.val_check_interval=4"
+        )
+    )
+    assert logged(tmp_path, "train/passes", "train/replay") == [(1.0, r) for r in (0, 1, 2, 3)]
+    assert json.loads((tmp_path / "final_metrics.json").read_text())["passes"] == 4  # 4 passes, one batch
+
+
+def test_free_perturbation_stays_in_budget_across_batches_and_replays(photos):
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018_hyperprior", N=16, M=24)
+    module = CodecModule(codec, lmbda=0.01)
+    eps = 4 / 255
+    free = FreeTraining(PGD(codec, eps=eps), replays=3, ratio=1.0)
+    threat, budget = Threat("linf"), torch.full((2, 1, 1, 1), eps)
+    batches = [photos, photos.flip(-1).contiguous()]
+    moved = []
+    for batch in batches:
+        for replay in range(3):
+            step = free.training_loss(module, batch if replay == 0 else torch.rand_like(batch))
+            codec.zero_grad()
+            step.loss.backward()  # one backward: the codec's gradient and the input gradient
+            assert all(p.grad is not None for p in module.parameter_groups()[0][:3])
+            free.after_backward()
+            # the held batch is replayed (not the loader's new one), the carried perturbation is admissible
+            assert torch.equal(free._held, batch)
+            assert bool(threat.contains(batch, batch + free._delta, budget).all())
+            assert free._delta.abs().max() <= eps + 1e-6
+            moved.append(free._delta.clone())
+    assert moved[0].abs().max() > 0.5 * eps  # it does move, by a budget-sized step
+    assert not torch.equal(moved[2], moved[3])  # and carries on into the next batch
+
+
+def test_the_teacher_never_changes(tiny_cfg, tmp_path):
+    torch.manual_seed(1)
+    start = build_codec("bmshj2018_hyperprior", N=16, M=24)
+    weights = tmp_path / "start.pt"
+    torch.save(start.state_dict(), weights)
+    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=teacher", f"model.weights={weights}"))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    reference = start.state_dict()
+    params = [name for name, _ in start.named_parameters()]
+    assert all(torch.equal(state[f"teacher.{k}"], reference[k]) for k in params)
+    assert any(not torch.equal(state[f"codec.{k}"], reference[k]) for k in params)  # the student learned
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["adv.method=pgd"], "adv.method='pgd' is unknown"),
+        (["adv.method=free", "adv.replays=0"], "adv.replays=0"),
+        (["adv.method=consistency", "adv.beta=-1"], "adv.beta=-1"),
+        (["attack=none", "adv.method=free"], "adv.method=free needs an attack"),
+        (["module.max_passes=0"], "module.max_passes=0"),
+    ],
+)
+def test_bad_settings_are_named_before_training(tiny_cfg, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        train(tiny_cfg(*([] if "attack=none" in overrides else ATTACK), *overrides))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_teacher_of_another_architecture_is_refused(tiny_cfg, tmp_path):
+    other = tmp_path / "factorized.pt"
+    torch.save(build_codec("bmshj2018_factorized", N=16, M=24).state_dict(), other)
+    cfg = tiny_cfg(*ATTACK, "adv.method=teacher", f"adv.teacher={other}")
+    with pytest.raises(ValueError, match=r"adv\.teacher=.*not the student's architecture"):
+        build_adversarial(cfg, build_codec("bmshj2018_hyperprior", N=16, M=24))
+
+
+def test_a_fast_collapse_is_logged_and_reported(tiny_cfg, tmp_path, capsys, caplog):
+    # A guard ratio far below 1 makes the guard fire at its first check (step 0).
+    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=fast", "adv.guard_every=2", "adv.guard_ratio=1e-6"))
+    assert json.loads((tmp_path / "final_metrics.json").read_text())["fast_collapse_step"] == 0
+    assert "fast: COLLAPSED (catastrophic overfitting) at step 0" in capsys.readouterr().out
+    assert "catastrophic overfitting at step 0" in caplog.text
+    # From then on it trains on the configured attack (2 PGD steps on half the batch).
+    assert logged(tmp_path, "train/passes", "train/fast_collapsed")[1] == (2.0, 1.0)
+
+
+def test_bd_rate_wrapper():
+    rate, psnr = [0.2, 0.4, 0.8], [28.0, 31.0, 34.0]
+    assert bd_rate(rate, psnr, rate, psnr) == pytest.approx(0, abs=1e-9)
+    assert bd_psnr(rate, psnr, rate, psnr) == pytest.approx(0, abs=1e-9)
+    assert bd_rate(rate, psnr, [r * 1.1 for r in rate], psnr) == pytest.approx(10.0)  # 10% more bits
+    assert bd_psnr(rate, psnr, rate, [p + 0.5 for p in psnr]) == pytest.approx(0.5)
+    assert bd_rate(rate[::-1], psnr[::-1], rate, psnr) == pytest.approx(0, abs=1e-9)  # order-free
+    with pytest.raises(ValueError, match="not monotone"):
+        bd_rate(rate, [28.0, 31.0, 30.0], rate, psnr)
+    with pytest.raises(ValueError, match="method='spline'"):
+        bd_rate(rate, psnr, rate, psnr, method="spline")
+
+
+def test_the_study_preset_composes(tmp_path):
+    cfg = compose_config(tmp_path, "experiment=robust_methods", "model.weights=w.pt", keep_hydra=True)
+    assert set(cfg.hydra.sweeper.params["adv.method"].split(",")) == {
+        "none", "mix", "free", "fast", "consistency", "teacher"
+    }  # fmt: skip
+    assert len(cfg.hydra.sweeper.params["model.lmbda"].split(",")) == 3
+    attacks = cfg.robust_eval.attacks
+    assert {a._target_ for a in attacks.values()} == {"rnic.attacks.AutoAttack"}
+    assert attacks.linf.threat == "linf" and attacks.linf.eps == cfg.attack.eps
+    assert attacks.mse.threat == "mse" and attacks.mse.eps == 1e-4
+
+
+@pytest.mark.slow
+def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp_path):
+    base = tmp_path / "base.pt"
+    torch.manual_seed(0)
+    torch.save(build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict(), base)
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check", "callbacks.last"))]
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=robust_methods", *tiny, *tiny_widths([]),
+         f"model.weights={base}", "adv.method=none,free", "adv.validate=false", "adv.replays=2",
+         "module.max_passes=2",
+         "attack.steps=1", "trainer.val_check_interval=2", "callbacks.last_checkpoint.every_n_train_steps=2",
+         "robust_eval.max_images=1", "robust_eval.attacks.linf.steps=1", "robust_eval.attacks.linf.queries=2",
+         "robust_eval.attacks.mse.steps=1", "robust_eval.attacks.mse.queries=2", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.rglob("final_metrics.json"))
+    assert len(jobs) == 6  # 2 methods x 3 lambdas
+    for job in jobs:
+        final = json.loads((job / "final_metrics.json").read_text())
+        assert final["passes"] == 2 and set(final["robust_eval"]) == {"linf", "mse"}
+        assert (job / "robust_eval" / "mse" / "results.json").is_file()
+
+    report = tmp_path / "report"
+    run = subprocess.run([sys.executable, "report.py", str(sweep), "--out", str(report)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(report / "robust_methods.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"none", "free"}
+    assert float(rows["none"]["passes"]) == 2 and float(rows["free"]["passes"]) == 2
+    assert float(rows["none"]["psnr_adv_linf_gain"]) == 0  # the control against itself
+    assert (report / "robust_gain_vs_compute.png").is_file()
+    assert "Robust training methods" in (report / "report.md").read_text()
