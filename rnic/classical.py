@@ -1,0 +1,99 @@
+"""Classical image coders (JPEG, WebP, JPEG 2000, JPEG XL, through `imagecodecs`) behind CompressAI's
+interface, as references for the learned codecs: the same attack.py pipeline codes them for real.
+
+They have no gradient: only transferred adversarial images (`attack.load_from`) and gradient-free
+attacks (`attack=square`, `attack=none`) apply to them.
+"""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+# Format name -> (encoder, decoder, quality range, encoder options). The rate grows with the level
+# (the quality setting) for each of them; WebP is lossless unless told otherwise.
+FORMATS = {
+    "jpeg": (imagecodecs.jpeg8_encode, imagecodecs.jpeg8_decode, (1, 100), {}),
+    "webp": (imagecodecs.webp_encode, imagecodecs.webp_decode, (1, 100), {"lossless": False}),
+    "jpeg2000": (imagecodecs.jpeg2k_encode, imagecodecs.jpeg2k_decode, (1, 100), {}),
+    "jpegxl": (imagecodecs.jpegxl_encode, imagecodecs.jpegxl_decode, (1, 100), {}),
+}
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, as an image file holds it."""
+    return np.ascontiguousarray(
+        (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    )
+
+
+class ClassicalCodec(nn.Module):
+    """A classical coder at a fixed `quality`, or per image the quality whose real rate is the largest
+    not above `target_bpp` (a reference matched to a learned codec's bpp)."""
+
+    downsampling_factor = 1  # whole images: no padding
+
+    def __init__(self, format: str = "jpeg", quality: int = 75, target_bpp: float | None = None):
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"model.codec.format={format!r} is unknown; choose one of: {', '.join(FORMATS)}")
+        low, high = FORMATS[format][2]
+        if not low <= int(quality) <= high:
+            raise ValueError(f"model.quality={quality} is out of range for {format}; choose {low}..{high}")
+        if target_bpp is not None and not target_bpp > 0:
+            raise ValueError(f"model.target_bpp={target_bpp} must be > 0")
+        self.format = format
+        self.quality = int(quality)
+        self.target_bpp = target_bpp
+        self.register_buffer("_device", torch.zeros(()), persistent=False)  # where results are returned
+
+    def encode_image(self, image: np.ndarray, quality: int) -> bytes:
+        encode, _, _, options = FORMATS[self.format]
+        return bytes(encode(np.ascontiguousarray(image), level=quality, **options))
+
+    def encode(self, image: np.ndarray) -> bytes:
+        if self.target_bpp is None:
+            return self.encode_image(image, self.quality)
+        # The rate grows with the quality: bisect for the highest quality within the target.
+        pixels = image.shape[0] * image.shape[1]
+        low, high = FORMATS[self.format][2]
+        best = self.encode_image(image, low)
+        while low <= high:
+            middle = (low + high) // 2
+            data = self.encode_image(image, middle)
+            if 8 * len(data) / pixels <= self.target_bpp:
+                best, low = data, middle + 1
+            else:
+                high = middle - 1
+        return best
+
+    def decode(self, data: bytes) -> Tensor:
+        array = FORMATS[self.format][1](data)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255
+
+    def compress(self, x: Tensor) -> dict:
+        return {"strings": [[self.encode(to_uint8(image)) for image in x]], "shape": tuple(x.shape[-2:])}
+
+    def decompress(self, strings: list[list[bytes]], shape) -> dict:
+        x_hat = torch.stack([self.decode(data) for data in strings[0]]).to(self._device.device)
+        return {"x_hat": x_hat}
+
+    def forward(self, x: Tensor) -> dict:
+        """Real coding: the reconstruction of the actual file (no gradient, no likelihoods)."""
+        with torch.no_grad():
+            x_hat = self.decompress(self.compress(x)["strings"], x.shape[-2:])["x_hat"]
+        return {"x_hat": x_hat.to(x.dtype), "likelihoods": {}}
+
+    def update(self, force: bool = False) -> bool:
+        return False  # no entropy tables to build
+
+    def aux_loss(self) -> Tensor:
+        return self._device.new_zeros(())
+
+    def extra_repr(self) -> str:
+        target = f", target_bpp={self.target_bpp}" if self.target_bpp is not None else ""
+        return f"format={self.format}, quality={self.quality}{target}"

@@ -1,0 +1,56 @@
+"""Model cards: written by every run, round-tripped, and checked against their run folders."""
+
+import json
+import subprocess
+import sys
+
+from rnic.card import CARD_FILE, check_card
+from rnic.robustness import evaluate_robustness
+from tests.conftest import ROOT, compose_config
+
+
+def attack_run(tmp_path, weights):
+    cfg = compose_config(
+        tmp_path, "model=bmshj2018_hyperprior", "model.N=32", "model.M=48", f"model.weights={weights}",
+        "data.val_crop=192", "max_images=2", "attack=apgd", "attack.steps=2", config_name="attack",
+    )  # fmt: skip
+    (mean,) = evaluate_robustness(cfg)
+    return mean
+
+
+def test_an_attack_card_records_what_was_evaluated_and_checks_out(tmp_path, trained_checkpoint):
+    weights = tmp_path / "weights.ckpt"
+    weights.write_bytes(trained_checkpoint.read_bytes())
+    run = tmp_path / "run"
+    mean = attack_run(run, weights)
+    card = json.loads((run / CARD_FILE).read_text())
+    assert card["kind"] == "attack" and card["codec"] == "bmshj2018_hyperprior" and card["threat"] == "linf"
+    assert card["data"]["split"] == "val" and card["data"]["images"] == 2
+    assert card["attack"].startswith("APGD(") and card["proxy"] == "skip"
+    assert card["means"] == json.loads((run / "results.json").read_text())["mean"]
+    assert card["means"]["psnr_adv"] == mean["psnr_adv"]
+    assert card["versions"]["torch"] and card["versions"]["compressai"]
+    assert check_card(run) == []
+
+    result = subprocess.run([sys.executable, "report.py", "--check", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0 and "1 card(s) match" in result.stdout
+
+    weights.write_bytes(weights.read_bytes() + b"\0")  # the weights change after the run
+    result = subprocess.run([sys.executable, "report.py", "--check", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and f"{weights.resolve()}: its SHA-256 is not the one" in result.stderr
+
+
+def test_a_changed_result_or_a_train_card_is_caught(tiny_cfg, tmp_path):
+    from rnic.training import train
+
+    train(tiny_cfg())
+    assert check_card(tmp_path) == []
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    assert card["kind"] == "train" and card["means"]["val/clean/psnr"] is not None
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    final["val/clean/psnr"] += 1.0
+    (tmp_path / "final_metrics.json").write_text(json.dumps(final))
+    (problem,) = check_card(tmp_path)
+    assert "final_metrics.json: val/clean/psnr=" in problem
