@@ -2,9 +2,11 @@
 
 1. Cost of one attack step relative to one bare forward + backward of the codec with respect to
    its input (same quantisation proxy), measured alternately in one run: target <= 1.10x.
-2. Vulnerability index (real bitstreams) against the number of gradient steps, for the threshold
-   attack (input MSE <= 1e-4) and L-inf PGD (eps = 0.01, so input MSE <= 1e-4 too), on the same
-   codec and images.
+2. Vulnerability index (real bitstreams) against gradient evaluations (1 ... 1000) under one threat
+   model, input MSE <= 1e-4 in the paper's 16/255 box, for APGD, PGD, the threshold attack, and the
+   paper's recipe (threshold attack, 1001 Adam steps), on the same codec and images.
+3. `attack=auto` against each of its members alone (same seed): VI and PSNR per image, wall time, and
+   whether auto is at least as strong as every member on every image.
 
     python benchmarks/attacks.py [--weights CKPT --arch bmshj2018_hyperprior --N 32 --M 48]
 
@@ -22,10 +24,10 @@ from pathlib import Path
 import torch
 
 from rnic import rd
-from rnic.attacks import PGD, ThresholdAttack, quantization_proxy
+from rnic.attacks import APGD, PGD, AutoAttack, ThresholdAttack, quantization_proxy
 from rnic.codecs import build_codec, load_weights
 from rnic.data import SampleImages, read_image
-from rnic.robustness import measure
+from rnic.robustness import code_pair
 
 
 def train_small_codec(output_dir: Path) -> Path:
@@ -81,6 +83,7 @@ def seconds(fn, repeats: int = 1) -> float:
 def step_cost(codec, x: torch.Tensor, steps: int, rounds: int) -> None:
     attacks = {
         "PGD linf": PGD(codec, eps=0.01, alpha=0.0025, steps=steps, round_8bit=False),
+        "APGD mse": APGD(codec, threat="mse", steps=steps, round_8bit=False),
         "threshold": ThresholdAttack(codec, eps=1e-4, steps=steps, round_8bit=False),
     }
     for attack in attacks.values():  # warm-up
@@ -100,21 +103,65 @@ def step_cost(codec, x: torch.Tensor, steps: int, rounds: int) -> None:
         print(f"   {name:<10} step / bare: median {statistics.median(values):.3f}x  (min {min(values):.3f}x)")
 
 
-def vi_against_steps(codec, x: torch.Tensor, budgets: list[int]) -> None:
-    print(f"\n2. VI [dB] (real bitstreams, mean of {x.shape[0]} images) against gradient steps")
-    print(f"   {'steps':>6} {'threshold':>10} {'PGD linf':>10} {'thr PSNR_in':>12} {'PGD PSNR_in':>12}")
+def mean_figures(codec, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[float, float]:
+    """Mean VI and mean input PSNR over the images, on real bitstreams (undefined VIs skipped)."""
+    records = code_pair(codec, x, x_adv)[0]
+    vis = [r["vi"] for r in records if r["vi"] is not None]
+    return statistics.mean(vis), statistics.mean(r["psnr_in"] for r in records)
+
+
+def vi_against_steps(codec, x: torch.Tensor, budgets: list[int]) -> float:
+    print(f"\n2. VI [dB] (real bitstreams, mean of {x.shape[0]} images) against gradient evaluations,")
+    print("   threat: input MSE <= 1e-4 (40 dB) in a 16/255 box; input PSNR of each result in brackets")
+    makers = {
+        "APGD": lambda n: APGD(codec, threat="mse", steps=n, round_8bit=False),
+        "PGD": lambda n: PGD(codec, threat="mse", steps=n, round_8bit=False),
+        "threshold": lambda n: ThresholdAttack(codec, eps=1e-4, steps=n, round_8bit=False),
+    }
+    print(f"   {'evals':>6} " + " ".join(f"{name:>18}" for name in makers))
     for steps in budgets:
-        row = []
-        for attack in (
-            ThresholdAttack(codec, eps=1e-4, steps=steps, round_8bit=False),
-            PGD(codec, eps=0.01, alpha=max(0.01 / 4, 0.02 / steps), steps=steps, round_8bit=False),
-        ):
-            x_adv = attack(x)
-            records = [measure(codec, x[i : i + 1], x_adv[i : i + 1])[0] for i in range(x.shape[0])]
-            row.append(
-                (statistics.mean(r["vi"] for r in records), statistics.mean(r["psnr_in"] for r in records))
-            )
-        print(f"   {steps:>6} {row[0][0]:>10.2f} {row[1][0]:>10.2f} {row[0][1]:>12.2f} {row[1][1]:>12.2f}")
+        cells = []
+        for make in makers.values():
+            vi, psnr_in = mean_figures(codec, x, make(steps)(x))
+            cells.append(f"{vi:>8.2f} ({psnr_in:5.2f} dB)")
+        print(f"   {steps:>6} " + " ".join(f"{c:>18}" for c in cells), flush=True)
+    started = time.perf_counter()
+    vi, psnr_in = mean_figures(codec, x, ThresholdAttack(codec, eps=1e-4, steps=1001, round_8bit=False)(x))
+    wall = time.perf_counter() - started
+    print(f"   paper recipe (threshold attack, 1001 steps): VI {vi:.2f} dB ({psnr_in:.2f} dB), {wall:.0f} s")
+    return wall
+
+
+def auto_against_members(codec, x: torch.Tensor, threat: str, recipe_seconds: float) -> None:
+    auto = AutoAttack(codec, threat=threat, round_8bit=False)
+    started = time.perf_counter()
+    x_adv = auto(x)
+    wall = time.perf_counter() - started
+    report = auto.last_report
+    vi, psnr_in = mean_figures(codec, x, x_adv)
+    print(f"\n3. attack=auto (threat {threat}, steps 100, queries 1000) on {x.shape[0]} images: "
+          f"VI {vi:.2f} dB, attacked PSNR {statistics.mean(report['psnr_adv']):.2f} dB, {wall:.0f} s "
+          f"({wall / recipe_seconds:.2f}x the paper recipe's 1001 steps)")  # fmt: skip
+    print(f"   {'member':<18} {'PSNR per image':>22} {'VI per image':>20} {'seconds':>8}")
+    never_better = True
+    for name, member in report["members"].items():
+        psnr = " ".join(f"{v:6.2f}" for v in member["psnr_adv"])
+        vis = " ".join(f"{v:6.2f}" for v in member["vi"])
+        print(f"   {name:<18} {psnr:>22} {vis:>20} {member['seconds']:>8.1f}")
+        never_better &= all(
+            a <= m + 1e-9 for a, m in zip(report["psnr_adv"], member["psnr_adv"], strict=True)
+        )
+    print(
+        f"   winners: {report['winner']}; at least as strong as every member on every image: {never_better}"
+    )
+    best = min(report["members"], key=lambda n: statistics.mean(report["members"][n]["psnr_adv"]))
+    best_psnr = statistics.mean(report["members"][best]["psnr_adv"])
+    seconds = report["members"][best]["seconds"]
+    auto_psnr = statistics.mean(report["psnr_adv"])
+    print(
+        f"   best single member: {best} (attacked PSNR {best_psnr:.2f} dB, {seconds:.0f} s); "
+        f"auto: {auto_psnr:.2f} dB"
+    )
 
 
 def main() -> None:
@@ -139,7 +186,8 @@ def main() -> None:
     x = torch.stack([read_image(p)[:, : args.size, : args.size] for p in paths])
 
     step_cost(codec, x, args.cost_steps, args.rounds)
-    vi_against_steps(codec, x, [int(s) for s in args.vi_steps.split(",")])
+    recipe_seconds = vi_against_steps(codec, x, [int(s) for s in args.vi_steps.split(",")])
+    auto_against_members(codec, x, "mse", recipe_seconds)
 
 
 if __name__ == "__main__":

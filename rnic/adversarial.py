@@ -3,16 +3,37 @@ against the current codec."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from dataclasses import dataclass, field
 
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
 from rnic.attacks import Attack, to_8bit
 
 TARGETS = ("input", "source")
 
 
+@dataclass
+class Step:
+    """What a training method hands the optimisation: the loss, and figures to log."""
+
+    loss: Tensor
+    x_hat: Tensor  # the reconstruction whose PSNR against `targets` is logged
+    targets: Tensor
+    bpp: Tensor  # per image
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def rd_step(codec: nn.Module, inputs: Tensor, targets: Tensor, lmbda: float, metric: str) -> Step:
+    """The rate-distortion loss of `codec` on `inputs`, reconstructing `targets`."""
+    x_hat, likelihoods, num_pixels = rd.forward_padded(codec, inputs)
+    terms = rd.rate_distortion(x_hat, likelihoods, targets, lmbda, metric, num_pixels)
+    return Step(terms["loss"].mean(), x_hat, targets, terms["bpp"])
+
+
 class AdversarialMixing:
-    """Replace the first `ratio` of each batch by `attack`'s adversarial examples.
+    """`adv.method=mix`: replace the first `ratio` of each batch by `attack`'s adversarial examples.
 
     - `target`: what the codec learns to reconstruct from an adversarial input: the adversarial
       `input` itself (Chen & Ma's choice) or the clean `source`.
@@ -45,6 +66,29 @@ class AdversarialMixing:
         self.validate = validate
         self._delta: Tensor | None = None
 
+    name = "mix"
+
+    def seed(self, step: int, rank: int) -> int | None:
+        """The attack's seed at a step: differs at every step and on every rank, reproducible."""
+        return None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        """The loss of one training step of `module` (a CodecModule) on the batch `x`."""
+        inputs, targets = self.mix(x, module.global_step, module.global_rank)
+        step = rd_step(module.codec, inputs, targets, module.lmbda, module.metric)
+        step.logs["train/adv_images"] = float(self.count(x.shape[0]))
+        return step
+
+    def after_backward(self) -> None:
+        """Called after the loss's backward, before the optimizer step (free training uses it)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the method's own state."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def budget(self, step: int):
         """The attack's budget at a training step (ramped during warm-up)."""
         if not self.warmup_steps:
@@ -65,8 +109,7 @@ class AdversarialMixing:
             return x, x
         source = x[:n]
         if step % self.every == 0 or self._delta is None or self._delta.shape != source.shape:
-            seed = None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
-            adversarial = self.attack(source, eps=self.budget(step), seed=seed)
+            adversarial = self.attack(source, eps=self.budget(step), seed=self.seed(step, rank))
             self._delta = (adversarial - source).detach()
         else:  # the last perturbation on new images, delivered as the attack delivers its own
             adversarial = (source + self._delta).clamp(0, 1)
@@ -78,6 +121,6 @@ class AdversarialMixing:
 
     def __repr__(self) -> str:
         return (
-            f"AdversarialMixing({self.attack}, ratio={self.ratio}, target={self.target}, "
+            f"{type(self).__name__}({self.attack}, ratio={self.ratio}, target={self.target}, "
             f"warmup_steps={self.warmup_steps}, every={self.every})"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,9 @@ from rnic import rd
 
 
 def device_of(codec: nn.Module) -> torch.device:
-    return next(codec.parameters()).device
+    """Where the codec's tensors live (the CPU for a module without any, e.g. a classical coder)."""
+    tensor = next(itertools.chain(codec.parameters(), codec.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def coder_on(codec: nn.Module, device: str | torch.device = "cpu") -> nn.Module:

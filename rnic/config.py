@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnic.codecs import load_weights
 
 # Keys of an attack config that configure attack.py's run, not the attack.
-ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask")
+ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask", "adaptive", "eot_samples")
 
 
 def build(config: DictConfig, **kwargs):

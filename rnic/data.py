@@ -53,7 +53,8 @@ def is_png16_color(path: str | Path) -> bool:
 
 def read_png16(path: str | Path) -> np.ndarray:
     """A 16-bit RGB(A) PNG as a (H, W, C) uint16 array (Pillow would reduce it to 8 bits)."""
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    # read(), not asDirect(): the latter shifts samples down by an sBIT chunk (10-, 12-bit sources).
+    width, height, rows, info = png.Reader(filename=str(path)).read()
     channels = info["planes"]
     return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
 

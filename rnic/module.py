@@ -14,9 +14,11 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
-from rnic.adversarial import AdversarialMixing
+from rnic.adversarial import AdversarialMixing, Step, rd_step
 from rnic.codecs import check_metric, load_codec_state, rd_lambda
 from rnic.coding import coder_on, compress_decompress
+from rnic.defenses import defended, retarget
+from rnic.methods import count_passes
 
 # Figures that may have no value in an epoch (MS-SSIM of images below its minimum size, VI of
 # unperturbed images): computed at the epoch's end and logged only where they exist.
@@ -39,7 +41,7 @@ class CodecModule(L.LightningModule):
 
     Optimisation is manual: the main optimizer (clipped) and the aux optimizer step
     once per batch. With `adversarial` mixing, part of each batch is replaced by adversarial
-    examples against the current codec (`training_inputs`), and validation and test also run
+    examples against the current codec (`adv.method`, rnic.methods), and validation and test also run
     on attacked images: metrics are logged as `{val,test}/clean/*` and `{val,test}/attacked/*`.
     """
 
@@ -58,10 +60,26 @@ class CodecModule(L.LightningModule):
         real_coding_images: int | None = None,
         coding_device: str = "cpu",
         adversarial: AdversarialMixing | None = None,
+        max_passes: float | None = None,
+        defense: dict | None = None,
+        adaptive: bool = True,
+        eot_samples: int = 8,
     ):
         super().__init__()
         self.codec = codec
         self.adversarial = adversarial
+        # `adv.method=teacher`'s frozen codec: a submodule, so that checkpoints keep it (a resumed run
+        # must not take the resumed weights as its teacher); no gradient, ignored by DDP.
+        teacher = getattr(adversarial, "teacher", None)
+        if teacher is not None:
+            self.teacher = teacher
+        if max_passes is not None and not float(max_passes) > 0:
+            raise ValueError(f"module.max_passes={max_passes} must be > 0 (or null)")
+        self.max_passes = None if max_passes is None else float(max_passes)
+        # Cost accounting (rnic.methods): codec passes (forward + backward, in training batches) and
+        # forwards alone, summed over the run; kept in checkpoints.
+        self.passes_total = 0.0
+        self.forward_passes_total = 0.0
         self.metric = check_metric(metric)
         if lmbda is None:
             if quality is None:
@@ -81,8 +99,13 @@ class CodecModule(L.LightningModule):
         self.real_coding_images = real_coding_images
         self.coding_device = torch.device(coding_device)
         self.run_config: dict | None = None  # the run's resolved config, kept in checkpoints
+        # Validation behind `defense=` (rnic.defenses): the defended pipeline shares the codec's weights;
+        # outside the module's children, so checkpoints and DDP see the codec alone.
+        self.__dict__["evaluated"] = defended(codec, defense, eot_samples)
+        self.adaptive = bool(adaptive)
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["codec", "optimizer", "aux_optimizer", "scheduler", "adversarial"])
+        ignored = ["codec", "optimizer", "aux_optimizer", "scheduler", "adversarial", "max_passes", "defense"]
+        self.save_hyperparameters(ignore=ignored)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{kind}": eval_metrics() for stage in ("val", "test") for kind in ("clean", "attacked")}
         )
@@ -97,6 +120,9 @@ class CodecModule(L.LightningModule):
             if isinstance(module, EntropyModel)
             for buffer_name, _ in module.named_buffers(recurse=False)
         ]
+        if teacher is not None:
+            frozen = [*teacher.named_parameters(), *teacher.named_buffers()]
+            self._ddp_params_and_buffers_to_ignore += [f"teacher.{name}" for name, _ in frozen]
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -123,22 +149,26 @@ class CodecModule(L.LightningModule):
             )
         return optimizers, [scheduler]
 
-    def training_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(codec inputs, reconstruction targets) for a training batch."""
+    def training_loss(self, batch: Tensor) -> Step:
+        """The step's loss: the training method's (`adv.method`), or plain rate-distortion."""
         if self.adversarial is None:
-            return x, x
-        return self.adversarial.mix(x, self.global_step, self.global_rank)
+            return rd_step(self.codec, batch, batch, self.lmbda, self.metric)
+        return self.adversarial.training_loss(self, batch)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
-        inputs, targets = self.training_inputs(batch)
-        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, inputs)
-        terms = rd.rate_distortion(x_hat, likelihoods, targets, self.lmbda, self.metric, num_pixels)
-        loss = terms["loss"].mean()
-        self.check_finite(loss)
-
-        optimizer.zero_grad()
-        self.manual_backward(loss)
+        counted = [self.codec] + ([self.teacher] if hasattr(self, "teacher") else [])
+        with count_passes(counted, batch.shape[0]) as cost:
+            step = self.training_loss(batch)
+            loss = step.loss
+            self.check_finite(loss)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+        if self.adversarial is not None:
+            self.adversarial.after_backward()  # free training: the input gradient of this backward
+        self.passes_total += cost.passes
+        self.forward_passes_total += cost.forwards
+        x_hat, targets = step.x_hat, step.targets
         if self.clip_max_norm:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.clip_max_norm, gradient_clip_algorithm="norm"
@@ -158,14 +188,19 @@ class CodecModule(L.LightningModule):
         size = batch.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/aux_loss", aux_loss, batch_size=size)
-        self.log("train/bpp", terms["bpp"].mean(), prog_bar=True, batch_size=size)
+        self.log("train/bpp", step.bpp.mean(), prog_bar=True, batch_size=size)
         self.log(
             "train/psnr", rd.psnr(x_hat.detach().clamp(0, 1), targets).mean(), prog_bar=True, batch_size=size
         )
         if rd.has_ms_ssim(targets):
             self.log("train/ms_ssim", rd.ms_ssim(x_hat.detach().clamp(0, 1), targets).mean(), batch_size=size)
-        if self.adversarial is not None:
-            self.log("train/adv_images", float(self.adversarial.count(size)), batch_size=size)
+        for name, value in step.logs.items():
+            self.log(name, value, batch_size=size)
+        self.log("train/passes", cost.passes, batch_size=size)
+        self.log("train/forward_passes", cost.forwards, batch_size=size)
+        self.log("train/passes_total", self.passes_total, batch_size=size)
+        if self.max_passes is not None and self.passes_total >= self.max_passes - 1e-6:
+            self.trainer.should_stop = True  # every rank counts the same passes, so all stop together
         return loss
 
     def check_finite(self, loss: Tensor, name: str = "train/loss") -> None:
@@ -191,7 +226,7 @@ class CodecModule(L.LightningModule):
         with torch.inference_mode(False), torch.no_grad():
             self.codec.update(force=True)
         # Not a submodule: the copy must stay out of checkpoints and DDP.
-        self.__dict__["coder"] = coder_on(self.codec, self.coding_device)
+        self.__dict__["coder"] = coder_on(self.evaluated, self.coding_device)
         self._coded_images = 0
 
     def on_validation_epoch_start(self) -> None:
@@ -239,7 +274,10 @@ class CodecModule(L.LightningModule):
             return outputs
         # Evaluation runs under inference mode; the attack needs gradients.
         with torch.inference_mode(False), torch.enable_grad():
-            x_adv = self.adversarial.attack(x.clone()).detach()
+            attack = self.adversarial.attack
+            if self.adaptive and self.evaluated is not self.codec:  # through the defence (BPDA, EOT)
+                attack = retarget(attack, self.evaluated)
+            x_adv = attack(x.clone()).detach()
         x_hat_adv = self.log_figures(x_adv, x, stage, "attacked", code)
         self.eval_metrics[f"{stage}_attacked"]["vi"].update(
             rd.vulnerability_index(x_hat_adv, x_hat, x_adv, x)
@@ -257,7 +295,7 @@ class CodecModule(L.LightningModule):
         """Log the codec's figures on `inputs` against `source`; returns the reconstruction."""
         prefix = f"{stage}/{kind}"
         metrics = self.eval_metrics[f"{stage}_{kind}"]
-        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, inputs)
+        x_hat, likelihoods, num_pixels = rd.forward_padded(self.evaluated, inputs)
         terms = rd.rate_distortion(x_hat, likelihoods, source, self.lmbda, self.metric, num_pixels)
         x_hat = x_hat.clamp(0, 1)
         size = source.shape[0]
@@ -295,12 +333,27 @@ class CodecModule(L.LightningModule):
     # --- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rnic"] = {"codec_class": type(self.codec).__name__, "config": self.run_config}
+        checkpoint["rnic"] = {
+            "codec_class": type(self.codec).__name__,
+            "config": self.run_config,
+            "passes": self.passes_total,
+            "forward_passes": self.forward_passes_total,
+            "method": None if self.adversarial is None else self.adversarial.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("rnic") or {}
+        self.passes_total = float(saved.get("passes") or 0.0)
+        self.forward_passes_total = float(saved.get("forward_passes") or 0.0)
+        if self.adversarial is not None and saved.get("method"):
+            self.adversarial.load_state_dict(saved["method"])
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # The codec first, resizing the entropy coder's tables, which a load through this
         # parent module would not; then everything, now that the sizes agree.
-        prefix = "codec."
-        codec_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        load_codec_state(self.codec, codec_state, strict=strict)
+        for prefix in ("codec.", "teacher."):
+            if prefix == "teacher." and not hasattr(self, "teacher"):
+                continue
+            part = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            load_codec_state(getattr(self, prefix[:-1]), part, strict=strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -4,6 +4,7 @@ distortion metrics and the vulnerability index, each defined once here."""
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,18 @@ def vulnerability_index(x_hat_adv: Tensor, x_hat: Tensor, x_adv: Tensor, x: Tens
     """
     vi = 10 * torch.log10(mse(x_hat_adv, x_hat) / mse(x_adv, x))
     return torch.where(torch.isfinite(vi), vi, torch.full_like(vi, torch.nan))
+
+
+NEGATIVE_VI = (
+    "a negative VI: the attacked reconstruction is closer to the clean one than the attacked input is to "
+    "the source (the codec absorbed the perturbation, common on weak codecs)"
+)
+
+
+def finite_or_none(value) -> float | None:
+    """A figure as written to JSON and tables: None (null, n/a) where it is not finite."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def rate_distortion(

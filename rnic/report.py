@@ -11,12 +11,20 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from rnic import rd, study
+from rnic.bdrate import bd_psnr, bd_rate
+from rnic.card import CARD_FILE
+from rnic.defense_report import DEFENSE_COLUMNS, cost_gain_figure, defense_rows
 from rnic.io import atomic_write, png_bytes, write_csv
 from rnic.jobs import ERROR_FILE
+from rnic.transfer import COLUMNS as TRANSFER_COLUMNS
+from rnic.transfer import matrix_figure
 
 ATTACK_COLUMNS = (
-    "run", "codec", "quality", "metric", "weights", "attack", "eps", "images", "psnr_in", "linf",
-    "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "msssim_clean", "msssim_adv", "vi", "vi_msssim",
+    "run", "codec", "quality", "metric", "weights", "attack", "eps", "defense", "adaptive", "images",
+    "psnr_in", "linf",
+    "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "bpp_ratio", "msssim_clean", "msssim_adv", "vi",
+    "vi_msssim", "encode_s_clean", "encode_s_adv", "decode_s_clean", "decode_s_adv",
 )  # fmt: skip
 TRAIN_COLUMNS = (
     "run", "codec", "quality", "metric", "attack", "step", "start_clean_psnr", "final_clean_psnr",
@@ -53,6 +61,11 @@ def describe(config: dict) -> dict:
     }
 
 
+def read_card(folder: Path) -> dict | None:
+    path = folder / CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
     """(attack rows, training rows, failed job folders) under `paths`."""
     attacks, trainings, failed = [], [], []
@@ -66,7 +79,15 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
             eps = config.get("attack", {}).get("eps")
             if folder.name.startswith("eps_"):
                 eps = float(folder.name[4:])
-            attacks.append({"run": str(folder), **describe(config), "eps": eps, **data["mean"]})
+            weights = (config.get("model") or {}).get("weights")
+            defense = {  # defense=none runs have none; attack.adaptive matters only behind a defence
+                "defense": "+".join(data.get("defense") or ["none"]),
+                "adaptive": data.get("adaptive", True),
+                "weights_path": str(Path(weights).resolve()) if weights else None,
+            }
+            card = read_card(folder)  # what the run says it evaluated; results.json for older runs
+            means = card["means"] if card else data["mean"]
+            attacks.append({"run": str(folder), **describe(config), "eps": eps, **defense, **means})
         for final in sorted(root.rglob("final_metrics.json")):
             data = json.loads(final.read_text())
             start = data.get("start", {})
@@ -159,6 +180,37 @@ def rate_distortion_figure(attacks: list[dict]) -> Figure:
     return figure
 
 
+def rate_attack_figure(attacks: list[dict]) -> Figure:
+    """Rate attacks (a denial of service): blow-up of the real bpp and of the coding time vs input PSNR."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    lines = defaultdict(list)
+    for row in attacks:
+        if row.get("psnr_in") is not None:
+            lines[label(row, "codec", "quality", "weights", "attack")].append(row)
+    for name, rows in sorted(lines.items()):
+        rows.sort(key=lambda r: r["psnr_in"])
+        left.plot([r["psnr_in"] for r in rows], [r["bpp_ratio"] for r in rows], "o-", label=name)
+        right.plot(
+            [r["psnr_in"] for r in rows],
+            [
+                (r["encode_s_adv"] + r["decode_s_adv"]) / (r["encode_s_clean"] + r["decode_s_clean"])
+                for r in rows
+            ],
+            "o-",
+            label=name,
+        )
+    left.set(xlabel="input PSNR [dB]", ylabel="real bpp, adversarial / clean", title="rate blow-up")
+    right.set(
+        xlabel="input PSNR [dB]", ylabel="encode + decode time, adversarial / clean", title="coding time"
+    )
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    if lines:
+        left.legend(fontsize=7)
+    return figure
+
+
 def finetuning_figure(trainings: list[dict]) -> Figure:
     """Val PSNR of each training run's starting and final model, clean and attacked."""
     figure = Figure(figsize=(max(5, 1.6 * len(trainings) + 2), 4.2), layout="constrained")
@@ -186,24 +238,118 @@ def data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def build_report(paths: list[Path], out: Path) -> dict:
-    """Write tables (markdown + CSV), PNG plots and report.html to `out`; returns what it found."""
+BD_COLUMNS = ("curve", "anchor", "test", "points", "bd_rate", "bd_psnr")
+
+
+def _bd(anchor: tuple[list, list], test: tuple[list, list]) -> tuple[float | None, float | None]:
+    """BD-rate [%] and BD-PSNR [dB] of `test` against `anchor` (None where the curves do not allow it)."""
+    try:
+        return bd_rate(*anchor, *test), bd_psnr(*anchor, *test)
+    except ValueError:  # fewer than two points, or a curve that does not rise
+        return None, None
+
+
+def bd_rows(attacks: list[dict]) -> list[dict]:
+    """Robust rate-distortion across qualities, real bitstreams: per codec, metric, weights and attack, the
+    attacked curve against the clean one; and per codec, metric and attack, each checkpoint's curves (clean
+    and attacked) against the original weights' (pretrained, or the first weights seen)."""
+    curves = defaultdict(list)
+    for row in attacks:
+        curves[
+            (row.get("codec"), row.get("metric"), row.get("attack"), row.get("eps"), row.get("weights"))
+        ].append(row)
+    rows = []
+    for (codec, metric, attack, eps, weights), points in sorted(curves.items(), key=str):
+        clean = ([p["bpp_clean"] for p in points], [p["psnr_clean"] for p in points])
+        attacked = ([p["bpp_adv"] for p in points], [p["psnr_adv"] for p in points])
+        name = f"{codec} {metric} {weights or 'initial'} {attack} eps={eps}"
+        rate, psnr = _bd(clean, attacked)
+        rows.append({"curve": name, "anchor": "clean", "test": "attacked", "points": len(points),
+                     "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
+    families = defaultdict(dict)
+    for (codec, metric, attack, eps, weights), points in curves.items():
+        families[(codec, metric, attack, eps)][weights] = points
+    for (codec, metric, attack, eps), by_weights in sorted(families.items(), key=str):
+        if len(by_weights) < 2:
+            continue
+        names = list(by_weights)
+        original = "pretrained" if "pretrained" in by_weights else names[0]
+        for weights in names:
+            if weights == original:
+                continue
+            for kind, rate_key, psnr_key in (
+                ("clean", "bpp_clean", "psnr_clean"),
+                ("attacked", "bpp_adv", "psnr_adv"),
+            ):
+                anchor = (
+                    [p[rate_key] for p in by_weights[original]],
+                    [p[psnr_key] for p in by_weights[original]],
+                )
+                test = (
+                    [p[rate_key] for p in by_weights[weights]],
+                    [p[psnr_key] for p in by_weights[weights]],
+                )
+                rate, psnr = _bd(anchor, test)
+                curve, count = f"{codec} {metric} {attack} eps={eps} ({kind})", len(by_weights[weights])
+                rows.append(
+                    {"curve": curve, "anchor": original, "test": weights, "points": count, "bd_rate": rate,
+                     "bd_psnr": psnr}
+                )  # fmt: skip
+    return rows
+
+
+def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = None) -> dict:
+    """Write tables (markdown + CSV), PNG plots and report.html to `out`; returns what it found.
+    `transfer`: the rows of a transfer matrix (rnic.transfer), shown as a table and heatmaps."""
     attacks, trainings, failed = collect(paths)
     if not attacks and not trainings:
         raise FileNotFoundError(f"no results.json or final_metrics.json under {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
+    method_runs = study.collect_runs(paths)  # experiment=robust_methods: one row per training method
+    methods, method_columns, method_notes = study.method_table(method_runs) if method_runs else ([], (), [])
+    if methods:
+        write_csv(out / "robust_methods.csv", methods, method_columns)
+        figures["robust_gain_vs_compute.png"] = png_bytes(study.gain_figure(methods), dpi=90)
+    defenses = defense_rows(attacks)
+    if defenses:
+        write_csv(out / "defenses.csv", defenses, DEFENSE_COLUMNS)
+        figures["defense_cost_gain.png"] = png_bytes(cost_gain_figure(defenses), dpi=90)
     if attacks:
         write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
         figures["robustness_curves.png"] = png_bytes(robustness_figure(attacks), dpi=90)
         figures["rate_distortion.png"] = png_bytes(rate_distortion_figure(attacks), dpi=90)
+        rate_attacks = [row for row in attacks if row.get("encode_s_adv") is not None]
+        if rate_attacks:
+            figures["rate_attacks.png"] = png_bytes(rate_attack_figure(rate_attacks), dpi=90)
     if trainings:
         write_csv(out / "training.csv", trainings, TRAIN_COLUMNS)
         figures["finetuning.png"] = png_bytes(finetuning_figure(trainings), dpi=90)
+    if transfer:
+        figures["transfer_matrix.png"] = png_bytes(matrix_figure(transfer), dpi=90)
     for name, data in figures.items():
         atomic_write(out / name, lambda tmp, d=data: tmp.write_bytes(d))
 
     sections = []
+    if methods:
+        sections.append(
+            ("Robust training methods (means over rate points; gains and BD vs the clean control `none`)",
+             methods, method_columns)
+        )  # fmt: skip
+    if defenses:
+        title = (
+            "Defences (clean cost vs no defence; attacked PSNR and VI non-adaptive vs adaptive; gain: "
+            "attacked PSNR over no defence, the adaptive one is what survives)"
+        )
+        sections.append((title, defenses, DEFENSE_COLUMNS))
+    bd = [row for row in bd_rows(attacks) if row["points"] >= 2]
+    if bd:
+        write_csv(out / "bd.csv", bd, BD_COLUMNS)
+        title = "Robust rate-distortion: BD-rate [%] and BD-PSNR [dB] across qualities (real bitstreams)"
+        sections.append((title, bd, BD_COLUMNS))
+    if transfer:
+        title = "Transfer matrix (rows: attacked on; columns: coded by; the diagonal is white-box)"
+        sections.append((title, transfer, TRANSFER_COLUMNS))
     if attacks:
         sections.append(("Attacks (means per run and budget, real bitstreams)", attacks, ATTACK_COLUMNS))
     if trainings:
@@ -212,11 +358,8 @@ def build_report(paths: list[Path], out: Path) -> dict:
         f"## {title}\n\n{markdown(rows, cols)}\n" for title, rows, cols in sections
     )
     if any((row.get("vi") or 0) < 0 for row in attacks):
-        text += (
-            "A negative VI means the attacked reconstruction is closer to the clean reconstruction than "
-            "the attacked input is to the source: the codec absorbed the perturbation (common on weak "
-            "codecs).\n\n"
-        )
+        text += f"Note: {rd.NEGATIVE_VI}.\n\n"
+    text += "".join(f"Note: {note}.\n\n" for note in method_notes)
     if failed:
         text += "## Failed jobs\n\n" + "".join(f"- {f} ({ERROR_FILE})\n" for f in failed)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
@@ -238,4 +381,4 @@ def build_report(paths: list[Path], out: Path) -> dict:
         + "</body></html>"
     )
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(page))
-    return {"attacks": attacks, "trainings": trainings, "failed": failed}
+    return {"attacks": attacks, "trainings": trainings, "failed": failed, "defenses": defenses}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -19,17 +18,30 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from rnic import rd
-from rnic.attacks import Ensemble
-from rnic.coding import coder_on, compress_decompress
+from rnic.attacks import NoAttack, Square, Threat
+from rnic.card import build_card, write_card
+from rnic.classical import ClassicalCodec
+from rnic.coding import coder_on, compress_decompress, device_of
 from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
+from rnic.defenses import DefendedCodec, build_defenses
 from rnic.io import atomic_write, write_csv, write_json, write_png, write_text
 
 log = logging.getLogger(__name__)
 
 COLUMNS = (
     "psnr_in", "linf", "psnr_clean", "psnr_adv", "psnr_adv_in", "msssim_clean", "msssim_adv",
-    "bpp_clean", "bpp_adv", "vi", "vi_msssim", "seconds",
+    "bpp_clean", "bpp_adv", "bpp_ratio", "vi", "vi_msssim", "seconds",
+)  # fmt: skip
+# A rate attack (attack.objective.kind=rate) is a denial of service: the real coding time of the clean and
+# the adversarial image, median of CODING_REPEATS, in seconds per image.
+RATE_COLUMNS = ("encode_s_clean", "decode_s_clean", "encode_s_adv", "decode_s_adv")
+CODING_REPEATS = 3
+# Behind a defence: the clean figures without it (and, for a non-adaptive attack, its images coded without
+# it, i.e. the same attack on the undefended codec), and the clean cost: PSNR lost, bpp added.
+DEFENSE_COLUMNS = (
+    "psnr_clean_undefended", "bpp_clean_undefended", "psnr_cost", "bpp_cost", "psnr_adv_undefended",
+    "vi_undefended",
 )  # fmt: skip
 # Data settings that change how images are loaded, not which images or pixels: left out of a run's key.
 LOADING_KEYS = (
@@ -42,13 +54,6 @@ LOADING_KEYS = (
 )
 # attack.py settings that change where or how fast a run goes, not its figures.
 RUN_ONLY_KEYS = ("save_images",)
-
-
-def finite(value) -> float | None:
-    """JSON has no infinity or NaN: an unbounded or undefined figure (the PSNR of an untouched image,
-    the VI of an unperturbed one) becomes null."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @torch.no_grad()
@@ -66,6 +71,7 @@ def code_pair(
         "psnr_adv_in": rd.psnr(adv_hat, x_adv),
         "bpp_clean": bpp_clean,
         "bpp_adv": bpp_adv,
+        "bpp_ratio": bpp_adv / bpp_clean,  # the rate's blow-up, x-fold
         "vi": rd.vulnerability_index(adv_hat, clean_hat, x_adv, x),
     }
     if rd.has_ms_ssim(x):
@@ -77,7 +83,7 @@ def code_pair(
     records = []
     for i in range(x.shape[0]):
         record = dict.fromkeys(("msssim_clean", "msssim_adv", "vi_msssim"))
-        record.update({key: finite(value[i]) for key, value in columns.items()})
+        record.update({key: rd.finite_or_none(value[i]) for key, value in columns.items()})
         records.append(record)
     return records, clean_hat, adv_hat
 
@@ -119,19 +125,40 @@ def format_members(members: dict[str, dict]) -> str:
 
 def ensemble_fields(attack, row: int) -> dict:
     """An ensemble's winner and every member's decoded figures for image `row` of the last batch."""
-    if not isinstance(attack, Ensemble) or attack.last_report is None:
+    if getattr(attack, "last_report", None) is None:  # an ensemble (rnic.attacks.Ensemble) keeps one
         return {}
     report = attack.image_report(row)
     members = {
-        name: {k: finite(v) for k, v in figures.items()} for name, figures in report["members"].items()
+        name: {k: rd.finite_or_none(v) for k, v in figures.items()}
+        for name, figures in report["members"].items()
     }
     members.update({name: {"skipped": True} for name in report["skipped"]})
     return {"winner": report["winner"], "members": members}
 
 
+@torch.no_grad()
+def coding_times(coder: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict:
+    """Real encode and decode wall time of one image and its adversarial version (median of repeats)."""
+    times = {}
+    for kind, image in (("clean", x), ("adv", x_adv)):
+        padded, _ = rd.pad(image.to(device_of(coder)), rd.stride(coder))
+        encode, decode = [], []
+        for _ in range(CODING_REPEATS):
+            started = time.perf_counter()
+            encoded = coder.compress(padded)
+            encode.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            coder.decompress(encoded["strings"], encoded["shape"])
+            decode.append(time.perf_counter() - started)
+        times[f"encode_s_{kind}"] = float(np.median(encode))
+        times[f"decode_s_{kind}"] = float(np.median(decode))
+    return times
+
+
 def mean_of(records: list[dict]) -> dict:
     means = {}
-    for column in COLUMNS:
+    present = [c for c in (*DEFENSE_COLUMNS, *RATE_COLUMNS) if any(c in r for r in records)]
+    for column in (*COLUMNS, *present):
         values = [r[column] for r in records if r.get(column) is not None]
         means[column] = float(np.mean(values)) if values else None
     means["images"] = len(records)
@@ -197,10 +224,7 @@ def results_table(records: list[dict], mean: dict) -> str:
         cells = " ".join(f"{cell(row[c], c):>11}" for c in shown)
         lines.append(f"{row['image']:<{width}} {cells}")
     if any((r["vi"] or 0) < 0 for r in records):
-        lines.append(
-            "(a negative VI: the attacked reconstruction is closer to the clean one than the attacked input "
-            "is to the source; the codec absorbed the perturbation)"
-        )
+        lines.append(f"({rd.NEGATIVE_VI})")
     return "\n".join(lines)
 
 
@@ -214,6 +238,19 @@ def image_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(root).with_suffix("")).replace(os.sep, "_") for p in paths]
 
 
+def check_gradient_free(codec: torch.nn.Module, attacks: list) -> None:
+    """A classical coder has no gradient: only transferred images and gradient-free attacks apply."""
+    if not isinstance(codec, ClassicalCodec):
+        return
+    for attack in attacks:
+        if not isinstance(attack, (NoAttack, Square)):
+            raise ValueError(
+                f"model={codec.format} is a classical coder without a gradient, so {type(attack).__name__} "
+                "cannot attack it: use attack.load_from=<an attack.py run with attack.save_images=true>, "
+                "attack=square or attack=none"
+            )
+
+
 def run_key(cfg: DictConfig) -> dict:
     """What decides a run's figures: the resolved model, attack, data and split, the seed, and the
     weights file's hash. A rerun into a folder continues it only if its key is the same."""
@@ -222,7 +259,12 @@ def run_key(cfg: DictConfig) -> dict:
         key["data"].pop(name, None)
     for name in RUN_ONLY_KEYS:
         key["attack"].pop(name, None)
-    key["attack"].pop("eps", None)  # each budget has its own folder and results
+    key["attack"].pop("eps", None)  # each budget folder's key adds its own eps
+    if cfg.get("defense"):
+        key["defense"] = OmegaConf.to_container(cfg.defense, resolve=True)
+    else:  # how a defence is attacked changes nothing without one
+        key["attack"].pop("adaptive", None)
+        key["attack"].pop("eot_samples", None)
     key.update(split=cfg.split, seed=cfg.seed)
     if cfg.model.get("weights"):
         key["weights_sha256"] = file_sha256(cfg.model.weights)
@@ -283,21 +325,49 @@ class Evaluation:
         self.dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None)
         self.names = names
         self.sizes = [(crop, crop) if crop else image_size(path) for path in files]
+        defenses = build_defenses(cfg.get("defense"))  # a bad defence setting fails here
         self.codec = codec_from_config(cfg).to(self.device).eval()
         self.codec.update(force=True)
-        self.coder = coder_on(self.codec, cfg.coding_device)
-        self.attacks = build_attacks(cfg.attack, self.codec)
+        # Behind a defence, every figure comes from the defended pipeline; the attack goes through it
+        # (adaptive) or against the undefended codec (attack.adaptive=false).
+        self.adaptive = bool(cfg.attack.get("adaptive", True))
+        self.defended = None
+        if defenses:
+            self.defended = DefendedCodec(self.codec, defenses, eot_samples=cfg.attack.get("eot_samples", 8))
+            for size in sorted(set(map(tuple, self.sizes))):
+                self.defended.check_size(size)
+        evaluated = self.defended if self.defended is not None else self.codec
+        self.coder = coder_on(evaluated, cfg.coding_device)
+        self.plain_coder = coder_on(self.codec, cfg.coding_device)
+        self.attacks = build_attacks(cfg.attack, evaluated if self.adaptive else self.codec)
         for attack in self.attacks:
-            if isinstance(attack, Ensemble):
+            if hasattr(attack, "coding_device"):  # attacks that code (ensembles, Square's real oracle)
                 attack.coding_device = cfg.coding_device
+            self.check_budget(attack)
         self.target, self.mask = self.load_target()
         self.adversarial_dir = self.check_load_from()
+        if self.adversarial_dir is None:
+            check_gradient_free(self.codec, self.attacks)
         self.key = run_key(cfg)
+        self.card = build_card(cfg, "attack", means={}, images=0, split=cfg.split, attack=None)
         self.folders = [
             self.output_dir if len(self.budgets) == 1 else self.output_dir / f"eps_{eps:g}"
             for eps in self.budgets
         ]
-        self.previous = [check_key(folder / "results.json", self.key) for folder in self.folders]
+        self.keys = [{**self.key, "eps": eps} for eps in self.budgets]  # each budget's folder has its own
+        self.previous = [
+            check_key(folder / "results.json", key)
+            for folder, key in zip(self.folders, self.keys, strict=True)
+        ]
+
+    def check_budget(self, attack) -> None:
+        """A budget that no image of the split allows (e.g. an L2 radius beyond the largest possible
+        perturbation of the smallest image) is refused before the first image."""
+        threat = getattr(attack, "threat", None)
+        if threat is None:
+            return
+        for size in sorted(set(map(tuple, self.sizes))):
+            Threat(threat).check(attack.eps, (3, *size))
 
     def load_target(self):
         """The targeted objective's target (and mask), checked against every image's size."""
@@ -342,10 +412,10 @@ class Evaluation:
 
     def run(self) -> list[dict]:
         curve = []
-        for eps, attack, folder, previous in zip(
-            self.budgets, self.attacks, self.folders, self.previous, strict=True
+        for eps, attack, folder, key, previous in zip(
+            self.budgets, self.attacks, self.folders, self.keys, self.previous, strict=True
         ):
-            mean = self.run_budget(attack, folder, previous)
+            mean = self.run_budget(attack, folder, key, previous)
             curve.append({"eps": eps, **mean})
         if len(self.budgets) > 1:
             write_json(self.output_dir / "curve.json", curve)
@@ -373,7 +443,7 @@ class Evaluation:
             images.append(image)
         return torch.stack(images)
 
-    def run_budget(self, attack, folder: Path, records: list[dict]) -> dict:
+    def run_budget(self, attack, folder: Path, key: dict, records: list[dict]) -> dict:
         """Attack and measure every image not yet in `folder`'s results (a rerun continues a run)."""
         results_path = folder / "results.json"
         done = {r["image"] for r in records}
@@ -390,7 +460,12 @@ class Evaluation:
             started = time.perf_counter()
             x_adv = self.adversarial(attack, indices, x)
             batch_records, clean_hat, adv_hat = code_pair(self.coder, x, x_adv)
+            if self.defended is not None:
+                self.add_undefended(batch_records, x, x_adv)
             seconds = (time.perf_counter() - started) / len(indices)
+            if getattr(getattr(attack, "objective", None), "kind", None) == "rate":
+                for row, record in enumerate(batch_records):
+                    record.update(coding_times(self.coder, x[row : row + 1], x_adv[row : row + 1]))
             for row, index in enumerate(indices):
                 name = self.names[index]
                 record = {"image": name, **batch_records[row], "seconds": seconds}
@@ -415,12 +490,18 @@ class Evaluation:
                 records.append(record)
             records.sort(key=lambda r: self.names.index(r["image"]) if r["image"] in self.names else -1)
             mean = mean_of(records)
-            results = {"key": self.key, "attack": repr(attack), "images": records, "mean": mean}
+            results = {"key": key, "attack": repr(attack), "images": records, "mean": mean}
+            if self.defended is not None:
+                results.update(defense=self.defended.names, adaptive=self.adaptive)
             members = member_table(records)
             if members:
                 results["members"] = members
             write_json(results_path, results)
-            columns = ("image", *COLUMNS, *(("winner",) if members else ()))
+            write_card(folder, {**self.card, "attack": repr(attack), "data": {**self.card["data"],
+                       "images": len(records)}, "means": mean})  # fmt: skip
+            columns = ("image", *COLUMNS, *(DEFENSE_COLUMNS if self.defended is not None else ()))
+            columns = (*columns, *(c for c in RATE_COLUMNS if c in mean))
+            columns = (*columns, *(("winner",) if members else ()))
             write_csv(folder / "results.csv", [*records, {"image": "mean", **mean}], columns)
             progress.update(round(sum(pixels[i] for i in indices), 2))
         progress.close()
@@ -430,8 +511,35 @@ class Evaluation:
         if members:
             print("\nensemble members (decoded figures; wins: images where the member was the worst case):")
             print(format_members(members))
+        if self.defended is not None:
+            how = "adaptive (through the defence)" if self.adaptive else "non-adaptive (undefended codec)"
+            print(
+                f"\ndefense={'+'.join(self.defended.names)}, attack {how}: clean cost "
+                f"{cell(mean['psnr_cost'], 'cost')} dB PSNR, {cell(mean['bpp_cost'], 'cost')} bpp"
+                + (
+                    f"; without the defence the attacked PSNR is {cell(mean['psnr_adv_undefended'], 'psnr')}"
+                    if mean.get("psnr_adv_undefended") is not None
+                    else ""
+                )
+            )
         print(f"results: {results_path}")
         return mean
+
+    @torch.no_grad()
+    def add_undefended(self, records: list[dict], x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        """The figures without the defence, per record: the clean cost, and for a non-adaptive attack
+        (computed against the undefended codec) what its images do to that codec."""
+        plain_hat, plain_bpp = compress_decompress(self.plain_coder, x)
+        columns = {"psnr_clean_undefended": rd.psnr(plain_hat, x), "bpp_clean_undefended": plain_bpp}
+        if not self.adaptive:
+            adv_hat = compress_decompress(self.plain_coder, x_adv)[0]
+            columns["psnr_adv_undefended"] = rd.psnr(adv_hat, x)
+            columns["vi_undefended"] = rd.vulnerability_index(adv_hat, plain_hat, x_adv, x)
+        for i, record in enumerate(records):
+            record.update({k: rd.finite_or_none(v[i]) for k, v in columns.items()})
+            clean, plain = record["psnr_clean"], record["psnr_clean_undefended"]
+            record["psnr_cost"] = None if clean is None or plain is None else plain - clean
+            record["bpp_cost"] = record["bpp_clean"] - record["bpp_clean_undefended"]
 
 
 def evaluate_robustness(cfg: DictConfig) -> list[dict]:

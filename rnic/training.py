@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import time
 import warnings
 from pathlib import Path
@@ -17,11 +17,16 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rnic import rd
 from rnic.adversarial import AdversarialMixing
 from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
+from rnic.card import build_card, write_card
+from rnic.classical import ClassicalCodec
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json, write_text
+from rnic.jobs import check_paths
+from rnic.methods import check_method_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +48,15 @@ RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
-    """The adversarial mixing of `cfg.adv` with the attack of `cfg.attack` (None for attack=none)."""
+    """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training)."""
+    method = cfg.adv.get("method", "mix")
+    check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
     if isinstance(attacks[0], NoAttack):
+        if method not in ("mix", "none"):
+            raise ValueError(f"adv.method={method} needs an attack: set attack=linf (or l2, apgd, auto)")
         return None
     return build(cfg.adv)(attacks[0])
 
@@ -80,26 +89,18 @@ def final_table(title: str, columns: dict[str, dict[str, float]], stage: str) ->
         values = ["n/a" if c[key] is None else fmt.format(c[key]) for c in cells]
         lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{column}}" for v in values))
     if any((c.get("vi") or 0) < 0 for c in cells):
-        lines.append(
-            "  (a negative VI: the attacked reconstruction is closer to the clean one than the attacked "
-            "input is to the source; the codec absorbs the perturbation)"
-        )
+        lines.append(f"  ({rd.NEGATIVE_VI})")
     return "\n".join(lines)
 
 
-def finite_or_none(metrics: dict) -> dict:
+def plain_metrics(metrics: dict) -> dict:
     """Metrics as plain floats; a value that is not finite becomes None (JSON null, 'n/a')."""
-    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+    return {k: rd.finite_or_none(v) for k, v in metrics.items()}
 
 
 @rank_zero_only
 def save_config(cfg: DictConfig, output_dir: Path) -> None:
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def check_resume(ckpt_path: str | None) -> None:
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint")
 
 
 def saved_config(ckpt_path: str) -> tuple[dict | None, tuple[str, ...]]:
@@ -141,6 +142,8 @@ def resume_config(cfg: DictConfig) -> DictConfig:
             if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
                 continue
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+        if "weights" not in command_line_keys() and "model.weights" not in command_line_keys():
+            merged.model.weights = None  # the checkpoint holds the weights; the file may be gone
     before = OmegaConf.to_container(OmegaConf.create(saved).model.codec, resolve=True)
     after = OmegaConf.to_container(merged.model.codec, resolve=True)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
@@ -180,7 +183,7 @@ def finish_loggers(loggers: list, failed: bool) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured codec, validate the best checkpoint, and return its val (and test) metrics."""
     started = time.perf_counter()
-    check_resume(cfg.get("ckpt_path"))
+    check_paths(cfg)
     if cfg.get("ckpt_path"):
         cfg = resume_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -190,6 +193,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare()  # lists and checks every image before any training starts
     train_batches(datamodule, cfg)
     codec = codec_from_config(cfg)
+    if isinstance(codec, ClassicalCodec):
+        raise ValueError(
+            f"model={codec.format} is a classical reference coder: attack.py codes it, train.py cannot"
+        )
     module = build(cfg.module, codec=codec, adversarial=build_adversarial(cfg, codec))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = OmegaConf.to_container(cfg, resolve=False)  # paths resolve anew on resume
@@ -209,7 +216,50 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_loggers(trainer.loggers, failed)
     results["seconds"] = time.perf_counter() - started
     report(results, start, best, output_dir, trainer)
+    if trainer.is_global_zero:  # the card repeats final_metrics.json's figures, so that a check can compare
+        final = json.loads((output_dir / "final_metrics.json").read_text())
+        means = {k: v for k, v in final.items() if k != "start"}
+        images = len(datamodule.prepare(("val",))["val"])
+        attack = repr(module.adversarial.attack) if module.adversarial is not None else None
+        write_card(
+            output_dir, build_card(cfg, "train", means=means, images=images, split="val", attack=attack)
+        )
+    if cfg.get("robust_eval") and cfg.robust_eval.get("attacks"):
+        results["robust_eval"] = robust_evaluation(cfg, output_dir / "checkpoints" / "final.ckpt")
+        if trainer.is_global_zero:
+            saved = json.loads((output_dir / "final_metrics.json").read_text())
+            write_json(output_dir / "final_metrics.json", {**saved, "robust_eval": results["robust_eval"]})
     return results
+
+
+@rank_zero_only
+def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
+    """attack.py's evaluation of the final weights under each attack of `robust_eval.attacks` (real
+    bitstreams, into `robust_eval/<name>/`): the mean figures per attack."""
+    from rnic.robustness import evaluate_robustness
+
+    settings = cfg.robust_eval
+    figures = {}
+    for name, attack in settings.attacks.items():
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        model.update(weights=str(weights), pretrained=False)
+        job = OmegaConf.create(
+            {
+                "task_name": "attack",
+                "model": model,
+                "data": OmegaConf.to_container(cfg.data, resolve=True),
+                "attack": OmegaConf.to_container(attack, resolve=True),
+                "paths": {"output_dir": str(Path(cfg.paths.output_dir) / "robust_eval" / name)},
+                "split": settings.split,
+                "max_images": settings.max_images,
+                "batch_size": settings.batch_size,
+                "device": settings.device,
+                "coding_device": cfg.module.coding_device,
+                "seed": cfg.seed,
+            }
+        )
+        (figures[name],) = evaluate_robustness(job)
+    return figures
 
 
 def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, dict, str | None]:
@@ -220,14 +270,18 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
     start = {}
     if not cfg.get("ckpt_path"):  # the starting model, for the before/after table
         (start,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-        start = finite_or_none(start)
+        start = plain_metrics(start)
     first_step = trainer.global_step
+    fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.global_step == first_step and trainer.global_step < trainer.max_steps:
         raise RuntimeError(
             f"training stopped at step {trainer.global_step} without a single optimizer step "
             f"(trainer.max_steps={trainer.max_steps}); nothing was trained"
         )
+    cost = training_cost(module, time.perf_counter() - fit_started)
+    if cfg.get("robust_eval") and cfg.robust_eval.get("attacks"):  # the final weights, evaluated later
+        trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt")
     best = next(
         (
             c.best_model_path
@@ -241,8 +295,23 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
         if stage == "test" and not datamodule.prepare()["test"]:
             continue
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        results.update(finite_or_none(metrics))
-    return results, start, best
+        results.update(plain_metrics(metrics))
+    return {**results, **cost}, start, best
+
+
+def training_cost(module, seconds: float) -> dict:
+    """What the training cost (this process; every rank does the same): codec passes, forward passes,
+    wall time of the fit, and the training method's own record (a collapse of `fast`)."""
+    method = module.adversarial
+    cost = {
+        "method": "none" if method is None else method.name,
+        "passes": module.passes_total,
+        "forward_passes": module.forward_passes_total,
+        "train_seconds": seconds,
+    }
+    if getattr(method, "name", None) == "fast":
+        cost["fast_collapse_step"] = method.collapsed_at
+    return cost
 
 
 @rank_zero_only
@@ -259,4 +328,17 @@ def report(
     print(final_table(title, val, "val"))
     if "test/clean/loss" in results:
         print(final_table("\nTest metrics:", {"final": results}, "test"))
-    print(f"  wall time {results['seconds']:.0f} s; outputs in {output_dir}")
+    passes, steps = results["passes"], trainer.global_step
+    print(
+        f"  training cost ({results['method']}): {passes:.1f} codec passes (forward + backward, in batches), "
+        f"{results['forward_passes']:.1f} forward-only passes, {results['train_seconds']:.0f} s of training"
+    )
+    if "fast_collapse_step" in results:
+        collapse = results["fast_collapse_step"]
+        print(
+            "  fast: the catastrophic-overfitting guard never fired"
+            if collapse is None
+            else f"  fast: COLLAPSED (catastrophic overfitting) at step {collapse}; trained on the "
+            "configured attack's examples from there on"
+        )
+    print(f"  {steps} optimizer steps; wall time {results['seconds']:.0f} s; outputs in {output_dir}")

@@ -245,3 +245,21 @@ def test_batched_and_one_by_one_runs_agree(tmp_path, trained_checkpoint):
         assert one["image"] == two["image"]
         for key in ("psnr_in", "psnr_adv", "bpp_adv", "vi"):
             assert one[key] == pytest.approx(two[key], rel=1e-3), key
+
+
+def test_a_rate_attack_records_the_real_rate_and_coding_time(tmp_path, trained_checkpoint):
+    from rnic.report import build_report
+
+    overrides = ["attack=apgd", "attack.steps=3", "attack.objective.kind=rate", "attack.save_images=true"]
+    (mean,) = evaluate(auto_cfg(tmp_path / "run", trained_checkpoint, *overrides))
+    codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), trained_checkpoint).eval()
+    codec.update(force=True)
+    for record in json.loads((tmp_path / "run" / "results.json").read_text())["images"]:
+        x_adv = read_image(tmp_path / "run" / "adversarial" / f"{record['image']}.png")[None]
+        strings = codec.compress(rd.pad(x_adv)[0])["strings"]
+        assert record["bpp_adv"] == 8 * sum(len(s[0]) for s in strings) / (192 * 192)  # the real strings
+        assert record["bpp_ratio"] == pytest.approx(record["bpp_adv"] / record["bpp_clean"])
+        assert record["bpp_ratio"] > 1 and all(record[k] > 0 for k in ("encode_s_adv", "decode_s_clean"))
+    found = build_report([tmp_path / "run"], tmp_path / "report")
+    assert found["attacks"][0]["bpp_ratio"] == pytest.approx(mean["bpp_ratio"])
+    assert (tmp_path / "report" / "rate_attacks.png").stat().st_size > 10_000

@@ -112,3 +112,37 @@ def test_wandb_runs_of_a_sweep_share_one_group(tmp_path):
     assert HydraConfig.get().mode.name == "MULTIRUN"
     group_wandb_by_sweep(cfg)
     assert cfg.logger.wandb.group == "my_sweep"
+
+
+def test_a_transfer_matrix_holds_the_white_box_runs_on_its_diagonal(tmp_path, trained_checkpoint):
+    sources = tmp_path / "sources"
+    attack = ["data.val_crop=192", "max_images=2", "attack=apgd", "attack.steps=2", "attack.save_images=true"]
+    codecs = {
+        "hyperprior": [
+            "model=bmshj2018_hyperprior",
+            "model.N=32",
+            "model.M=48",
+            f"model.weights={trained_checkpoint}",
+        ],
+        "jpeg": ["model=jpeg", "model.quality=30", "attack=square", "attack.queries=10"],
+    }
+    for name, model in codecs.items():
+        overrides = (
+            [*attack, *model] if name == "hyperprior" else [*attack[:2], "attack.save_images=true", *model]
+        )
+        run("attack.py", *overrides, f"hydra.run.dir={sources / name}")
+    report = tmp_path / "report"
+    run("report.py", str(sources), "--transfer", "--out", str(report))
+    rows = {(r["source"], r["target"]): r for r in read_csv(report / "transfer_matrix.csv")}
+    assert len(rows) == 4
+    for name in codecs:
+        white_box = json.loads((sources / name / "results.json").read_text())["mean"]
+        (cell,) = [
+            r for (s, t), r in rows.items() if s == t and s.startswith("bmshj" if name != "jpeg" else "jpeg")
+        ]
+        assert float(cell["psnr_adv"]) == pytest.approx(white_box["psnr_adv"], rel=1e-9)
+        assert float(cell["psnr_drop"]) == pytest.approx(
+            white_box["psnr_clean"] - white_box["psnr_adv"], rel=1e-9
+        )
+    assert (report / "transfer_matrix.png").stat().st_size > 10_000
+    assert "Transfer matrix" in (report / "report.html").read_text()

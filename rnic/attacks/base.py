@@ -40,15 +40,37 @@ LEVEL_TOLERANCE = 1e-3
 
 
 def to_8bit(x: Tensor, x_adv: Tensor) -> Tensor:
-    """The adversarial image as 8-bit samples (what a PNG delivers).
+    """The adversarial image as 8-bit samples (what a PNG delivers), losing as little of the
+    perturbation as the budgets allow.
 
-    Each sample's perturbation is rounded toward the source (so that no L-inf, L2 or MSE budget
-    is exceeded), except that one within LEVEL_TOLERANCE of a whole level keeps that level: a
-    sample pushed to an L-inf boundary of k/255 keeps all k levels.
+    Each sample's perturbation is rounded to the nearest level, then (per image) capped at the
+    whole levels of its largest sample (so no L-inf budget the unrounded image met is exceeded;
+    a sample at an L-inf boundary of k/255 keeps all k levels), then, where rounding up made the
+    image's L2 norm larger than before, the round-ups that gained the most are taken back until it is
+    not (so no L2 or MSE budget is exceeded either).
     """
     source = torch.round(x * 255)
-    delta = x_adv * 255 - source
-    levels = source + torch.sign(delta) * torch.floor(delta.abs() + LEVEL_TOLERANCE)
+    delta = x_adv * 255 - source  # in levels
+    magnitude = delta.abs()
+    cap = torch.floor(magnitude.flatten(1).amax(1) + LEVEL_TOLERANCE).view(-1, *[1] * (x.dim() - 1))
+    down = torch.floor(magnitude + LEVEL_TOLERANCE).clamp(max=cap)
+    nearest = torch.minimum(torch.floor(magnitude + 0.5), cap)
+    # Squared-norm excess of nearest rounding over the unrounded perturbation, per image (float64:
+    # sums over a megapixel image must not hide the few levels that decide).
+    unrounded = magnitude.double().square().flatten(1).sum(1)
+    excess = nearest.double().square().flatten(1).sum(1) - unrounded
+    gain = (nearest.double().square() - down.double().square()).flatten(1)  # what taking one back saves
+    rounded_up = (nearest > down).flatten(1)
+    # Take back the round-ups that moved furthest past the unrounded value first.
+    overshoot = torch.where(rounded_up, (nearest - magnitude).flatten(1), -1.0)
+    order = overshoot.argsort(dim=1, descending=True)
+    saved = torch.cumsum(torch.gather(gain * rounded_up, 1, order), dim=1)
+    # A hair more than the excess, so float32 images cannot land a ulp outside an L2 ball.
+    target = excess + 1e-6 * unrounded + 1e-3
+    needed = (saved - gain.gather(1, order) * rounded_up.gather(1, order)) < target[:, None]
+    take_back = torch.zeros_like(rounded_up).scatter(1, order, needed & rounded_up.gather(1, order))
+    magnitude_8bit = torch.where(take_back.view_as(nearest), down, nearest)
+    levels = source + torch.sign(delta) * magnitude_8bit
     return levels.clamp(0, 255) / 255  # exactly what decoding the 8-bit PNG gives
 
 
@@ -119,9 +141,14 @@ class Attack:
         raise NotImplementedError
 
     def value(self, x_adv: Tensor, ctx: Context) -> Tensor:
-        """The objective of each image, through the codec's forward under the proxy."""
-        x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x_adv)
-        return self.objective(x_hat, likelihoods, num_pixels, x_adv, ctx)
+        """The objective of each image, through the codec's forward under the proxy; behind a random
+        defence (rnic.defenses), averaged over the codec's `eot_samples` draws (EOT)."""
+        draws = int(getattr(self.codec, "eot_samples", 1)) if getattr(self.codec, "random", False) else 1
+        total = 0.0
+        for _ in range(draws):
+            x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x_adv)
+            total = total + self.objective(x_hat, likelihoods, num_pixels, x_adv, ctx)
+        return total / draws
 
     def check_gradient(self, grad: Tensor) -> None:
         dead = grad.flatten(1).abs().amax(1) == 0
