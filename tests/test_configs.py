@@ -14,7 +14,17 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("model", [m for m in options("model") if m != "custom"])
+CLASSICAL = ("jpeg", "jpeg2000", "jpegxl", "webp")
+
+
+@pytest.mark.parametrize("model", CLASSICAL)
+def test_classical_model_options_build_their_coder(tmp_path, model):
+    cfg = compose_config(tmp_path, f"model={model}", "model.quality=40", config_name="attack")
+    coder = codec_from_config(cfg)
+    assert type(coder).__name__ == "ClassicalCodec" and (coder.format, coder.quality) == (model, 40)
+
+
+@pytest.mark.parametrize("model", [m for m in options("model") if m not in ("custom", *CLASSICAL)])
 def test_model_options_build_their_codec(tmp_path, model):
     widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
     cfg = compose_config(tmp_path, f"model={model}", *widths)

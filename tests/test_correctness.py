@@ -42,11 +42,11 @@ def test_8bit_delivery_keeps_l2_and_mse_budgets_and_most_of_the_perturbation(tra
     exact = PGD(trained_codec, threat=threat, eps=eps, steps=3, round_8bit=False)(x)
     delivered = PGD(trained_codec, threat=threat, eps=eps, steps=3, round_8bit=True)(x)
     assert torch.equal(torch.round(delivered * 255) / 255, delivered)
-    norm = (delivered - x).flatten(1).norm(dim=1)
+    norm = (delivered.double() - x.double()).flatten(1).norm(dim=1)  # float32 sums err by ~1e-5 here
     radius = eps if threat == "l2" else math.sqrt(eps * x[0].numel())
     assert (norm <= radius * (1 + 1e-6)).all()
     # Rounding toward the source kept about 80% of the norm; nearest rounding with repair keeps >= 97%.
-    assert (norm >= 0.97 * (exact - x).flatten(1).norm(dim=1)).all()
+    assert (norm >= 0.97 * (exact.double() - x.double()).flatten(1).norm(dim=1)).all()
 
 
 def test_degenerate_figures_have_one_definition():
