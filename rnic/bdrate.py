@@ -36,6 +36,16 @@ def _check_method(method: str) -> None:
         raise ValueError(f"BD method={method!r} is unknown; choose one of: {', '.join(METHODS)}")
 
 
+def _delta(delta, anchor_rate, anchor_quality, test_rate, test_quality, method: str) -> float:
+    """`delta` (the package's bd_rate or bd_psnr) of two checked curves."""
+    _check_method(method)
+    ar, aq = _curve(anchor_rate, anchor_quality, "anchor")
+    tr, tq = _curve(test_rate, test_quality, "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package warns on small overlaps; the caller sees the number
+        return float(delta(ar, aq, tr, tq, method=method, require_matching_points=False))
+
+
 def bd_rate(
     anchor_rate: Sequence[float],
     anchor_quality: Sequence[float],
@@ -46,12 +56,7 @@ def bd_rate(
     """BD-rate of `test` against `anchor` in percent (quality in dB, e.g. PSNR; rate e.g. bpp).
 
     NaN where the curves do not overlap in quality (no common range to integrate over)."""
-    _check_method(method)
-    ar, aq = _curve(anchor_rate, anchor_quality, "anchor")
-    tr, tq = _curve(test_rate, test_quality, "test")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the package warns on small overlaps; the caller sees the number
-        return float(bjontegaard.bd_rate(ar, aq, tr, tq, method=method, require_matching_points=False))
+    return _delta(bjontegaard.bd_rate, anchor_rate, anchor_quality, test_rate, test_quality, method)
 
 
 def bd_psnr(
@@ -62,9 +67,4 @@ def bd_psnr(
     method: str = "pchip",
 ) -> float:
     """BD-PSNR of `test` against `anchor` in dB (positive: `test` is better at equal rate)."""
-    _check_method(method)
-    ar, aq = _curve(anchor_rate, anchor_quality, "anchor")
-    tr, tq = _curve(test_rate, test_quality, "test")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(bjontegaard.bd_psnr(ar, aq, tr, tq, method=method, require_matching_points=False))
+    return _delta(bjontegaard.bd_psnr, anchor_rate, anchor_quality, test_rate, test_quality, method)

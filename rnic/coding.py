@@ -10,6 +10,9 @@ from torch import Tensor, nn
 
 from rnic import rd
 
+# Where real coding runs unless told otherwise: CompressAI's range coder is meant for the CPU.
+CODING_DEVICE = "cpu"
+
 
 def device_of(codec: nn.Module) -> torch.device:
     """Where the codec's tensors live (the CPU for a module without any, e.g. a classical coder)."""

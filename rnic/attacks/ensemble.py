@@ -16,7 +16,7 @@ from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
 from rnic.attacks.square import Square
 from rnic.attacks.threat import Threat
-from rnic.coding import coder_on, compress_decompress
+from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
 
 SELECTS = ("psnr", "vi")
 GRADIENT_PROXIES = (
@@ -25,8 +25,6 @@ GRADIENT_PROXIES = (
     "noise",
 )  # which one transfers best to the real rounding depends on the codec
 REFERENCES = ("clean", "source")
-# Where the members' results are coded and decoded (see rnic.coding.coder_on); `coding_device` per ensemble.
-CODING_DEVICE = "cpu"
 
 
 @torch.no_grad()
@@ -201,8 +199,6 @@ class AutoAttack(Ensemble):
         threat_model = Threat(threat)
         eps = threat_model.default_eps if eps is None else eps
         threat_model.check(eps)
-        if select not in SELECTS:
-            raise ValueError(f"attack.select={select!r} is unknown; choose one of: {', '.join(SELECTS)}")
         if proxy is not None:
             raise ValueError(
                 f"attack.proxy={proxy!r}: attack=auto runs APGD under each of {', '.join(GRADIENT_PROXIES)} "

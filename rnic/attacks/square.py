@@ -15,14 +15,12 @@ from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
 from rnic.attacks.threat import Threat, l2_norm
-from rnic.coding import coder_on, compress_decompress
+from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
 
 # The paper's initial fraction of pixels in a square (its ImageNet defaults), and its schedule: p halves
 # after these many queries out of 10000 (rescaled to the budget).
 P_INIT = {"linf": 0.05, "l2": 0.1}
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-# Where autoregressive codecs are coded (see rnic.coding.coder_on); an attribute, `coding_device`, per attack.
-CODING_DEVICE = "cpu"
 # L-inf: redraw a square's signs (at most this often) while they would leave the image unchanged.
 REDRAWS = 10
 
