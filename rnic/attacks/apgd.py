@@ -60,9 +60,7 @@ class APGD(Attack):
         **kwargs,
     ):
         self._threat = Threat(threat)
-        eps = self._threat.default_eps if eps is None else eps
-        super().__init__(codec, eps=eps, **kwargs)
-        self._threat.check(eps)
+        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
         if int(steps) < 1:
             raise ValueError(f"attack.steps={steps} must be >= 1")
         self.threat = threat

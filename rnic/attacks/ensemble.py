@@ -196,9 +196,7 @@ class AutoAttack(Ensemble):
         round_8bit: bool = False,
         seed: int | None = 0,
     ):
-        threat_model = Threat(threat)
-        eps = threat_model.default_eps if eps is None else eps
-        threat_model.check(eps)
+        eps = Threat(threat).budget(eps)
         if proxy is not None:
             raise ValueError(
                 f"attack.proxy={proxy!r}: attack=auto runs APGD under each of {', '.join(GRADIENT_PROXIES)} "

@@ -31,9 +31,7 @@ class PGD(Attack):
         **kwargs,
     ):
         self._threat = Threat(threat)
-        eps = self._threat.default_eps if eps is None else eps
-        super().__init__(codec, eps=eps, **kwargs)
-        self._threat.check(eps)
+        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
         if int(steps) < 1:
             raise ValueError(f"attack.steps={steps} must be >= 1")
         if alpha is not None and not alpha > 0:

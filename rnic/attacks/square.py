@@ -109,9 +109,7 @@ class Square(Attack):
                 "proxy; set attack.proxy=none"
             )
         kwargs["proxy"] = "none"  # nothing is wrapped: the oracle sees the real quantisation
-        eps = self._threat.default_eps if eps is None else eps
-        super().__init__(codec, eps=eps, **kwargs)
-        self._threat.check(eps)
+        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
         if int(queries) < 1:
             raise ValueError(f"attack.queries={queries} must be >= 1")
         self.threat = threat

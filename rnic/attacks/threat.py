@@ -84,9 +84,11 @@ class Threat:
         self.name = name
         self.box = None if name == "linf" else box
 
-    @property
-    def default_eps(self) -> float:
-        return DEFAULT_EPS[self.name]
+    def budget(self, eps: float | Tensor | None) -> float | Tensor:
+        """`eps`, or this threat's default budget when None; refused if this threat cannot mean it."""
+        eps = DEFAULT_EPS[self.name] if eps is None else eps
+        self.check(eps)
+        return eps
 
     def check(self, eps: float | Tensor, shape: tuple[int, ...] | None = None) -> None:
         """Refuse a budget this threat cannot mean: <= 0, beyond the [0, 1] range, or (l2, given the
