@@ -121,7 +121,8 @@ def test_resume_of_an_adversarial_run(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path):
+@pytest.mark.parametrize("method", ["mix", "free"])  # free: the training backward also moves the input
+def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path, method):
     overrides = [o for o in TINY if not o.startswith("trainer.accelerator")] + tiny_widths([])
     probe = tmp_path / "ranks"
     result = subprocess.run(
@@ -133,6 +134,8 @@ def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path):
             "attack=linf",
             "attack.steps=2",
             "adv.ratio=0.5",
+            f"adv.method={method}",
+            "adv.replays=2",
             "data.max_val_images=2",
             f"hydra.run.dir={tmp_path}",
             "+callbacks.rank_weights._target_=tests.rank_weights.SaveRankWeights",
@@ -153,6 +156,7 @@ def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path):
     start = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert start == 4
     assert "final attacked" in result.stdout
+    assert f"training cost ({method})" in result.stdout
 
 
 @pytest.mark.slow
