@@ -52,6 +52,24 @@ def compose_config(
     return cfg
 
 
+def attack_cfg(tmp_path: Path, checkpoint, *overrides: str, eps: float = 0.0157, steps: int = 4):
+    """attack.py's config for the session's trained codec (`trained_checkpoint`): PGD L-inf on 2 val crops."""
+    return compose_config(
+        tmp_path,
+        "model=bmshj2018_hyperprior",
+        "model.N=32",
+        "model.M=48",
+        f"model.weights={checkpoint}",
+        "data.val_crop=192",
+        "max_images=2",
+        "attack=linf",
+        f"attack.eps={eps}",
+        f"attack.steps={steps}",
+        *overrides,
+        config_name="attack",
+    )
+
+
 def tiny_widths(overrides) -> list[str]:
     """Small codec widths (cheng2020 codecs have only N)."""
     if any(o.startswith("model=cheng2020") for o in overrides):

@@ -28,7 +28,7 @@ from rnic.defenses import (
     save_latent_ranges,
 )
 from rnic.robustness import evaluate_robustness
-from tests.conftest import compose_config
+from tests.conftest import attack_cfg
 
 
 @pytest.fixture(scope="module")
@@ -189,33 +189,20 @@ def test_bad_settings_are_refused_naming_the_key(tiny_codec, tmp_path):
         DefendedCodec(tiny_codec, [Resize(0.25)]).check_size((64, 64))
 
 
-def attack_cfg(tmp_path, checkpoint, *overrides):
-    return compose_config(
-        tmp_path,
-        "model=bmshj2018_hyperprior",
-        "model.N=32",
-        "model.M=48",
-        f"model.weights={checkpoint}",
-        "data.val_crop=192",
-        "max_images=2",
-        "attack=linf",
-        "attack.eps=0.0314",
-        "attack.steps=5",
-        *overrides,
-        config_name="attack",
-    )
+def defense_cfg(tmp_path, checkpoint, *overrides):
+    return attack_cfg(tmp_path, checkpoint, *overrides, eps=0.0314, steps=5)
 
 
 def test_attack_py_refuses_bad_defence_settings_before_coding(tmp_path, trained_checkpoint):
     with pytest.raises(ValueError, match=r"defense\.jpeg\.quality=0"):
         evaluate_robustness(
-            attack_cfg(tmp_path, trained_checkpoint, "defense=jpeg", "defense.jpeg.quality=0")
+            defense_cfg(tmp_path, trained_checkpoint, "defense=jpeg", "defense.jpeg.quality=0")
         )
     with pytest.raises(ValueError, match=r"defense\.latent_clamp\.ranges_from=.*holds no latent ranges"):
-        evaluate_robustness(attack_cfg(tmp_path, trained_checkpoint, "defense=latent_clamp"))
+        evaluate_robustness(defense_cfg(tmp_path, trained_checkpoint, "defense=latent_clamp"))
     with pytest.raises(ValueError, match=r"defense\.resize\.factor=0\.2 leaves a 38x38"):
         evaluate_robustness(
-            attack_cfg(tmp_path, trained_checkpoint, "defense=resize", "defense.resize.factor=0.2")
+            defense_cfg(tmp_path, trained_checkpoint, "defense=resize", "defense.resize.factor=0.2")
         )
     assert not (tmp_path / "results.json").exists()
 
@@ -226,7 +213,7 @@ def test_non_adaptive_attack_on_bitdepth_is_weaker_than_the_adaptive_one(tmp_pat
         folder = tmp_path / adaptive
         defense = ("defense=bitdepth", "defense.bitdepth.bits=3")
         (means[adaptive],) = evaluate_robustness(
-            attack_cfg(folder, trained_checkpoint, *defense, f"attack.adaptive={adaptive}")
+            defense_cfg(folder, trained_checkpoint, *defense, f"attack.adaptive={adaptive}")
         )
         results = json.loads((folder / "results.json").read_text())
         assert results["defense"] == ["bitdepth"] and results["adaptive"] == (adaptive == "true")

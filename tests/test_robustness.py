@@ -12,26 +12,9 @@ from rnic.codecs import build_codec, load_weights
 from rnic.data import read_image
 from rnic.robustness import COLUMNS
 from rnic.robustness import evaluate_robustness as evaluate
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, attack_cfg, compose_config
 
 FIELDS = {"image", *COLUMNS}
-
-
-def attack_cfg(tmp_path, checkpoint, *overrides):
-    return compose_config(
-        tmp_path,
-        "model=bmshj2018_hyperprior",
-        "model.N=32",
-        "model.M=48",
-        f"model.weights={checkpoint}",
-        "data.val_crop=192",
-        "max_images=2",
-        "attack=linf",
-        "attack.eps=0.0157",
-        "attack.steps=4",
-        *overrides,
-        config_name="attack",
-    )
 
 
 def test_results_hold_every_figure_and_the_real_bitrate(tmp_path, trained_checkpoint):
