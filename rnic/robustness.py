@@ -343,7 +343,7 @@ class Evaluation:
         for attack in self.attacks:
             if hasattr(attack, "coding_device"):  # attacks that code (ensembles, Square's real oracle)
                 attack.coding_device = cfg.coding_device
-            self.check_budget(attack)
+            self.check_budget_fits_images(attack)
         self.target, self.mask = self.load_target()
         self.adversarial_dir = self.check_load_from()
         if self.adversarial_dir is None:
@@ -360,7 +360,7 @@ class Evaluation:
             for folder, key in zip(self.folders, self.keys, strict=True)
         ]
 
-    def check_budget(self, attack) -> None:
+    def check_budget_fits_images(self, attack) -> None:
         """A budget that no image of the split allows (e.g. an L2 radius beyond the largest possible
         perturbation of the smallest image) is refused before the first image."""
         threat = getattr(attack, "threat", None)
