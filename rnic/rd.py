@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,19 @@ def rate_distortion(
     err = mse(x_hat, target)
     distortion = 255**2 * err if metric == "mse" else 1 - ms_ssim(x_hat, target)
     return {"loss": lmbda * distortion + bpp, "bpp": bpp, "mse": err, "distortion": distortion}
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """Within the block, `module` in eval mode; after it, every submodule in the mode it had (a wrapper's
+    own flag may differ from its codec's: restoring the wrapper's would flip the codec)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def forward_padded(codec: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], int]:

@@ -152,8 +152,8 @@ def test_auto_keeps_each_images_worst_member(trained_codec, photos, select):
 
     clean_hat = compress_decompress(trained_codec, x)[0]
     alone = {}
-    for name, member in auto.members.items():  # each member alone, same seed
-        x_adv = member(x, seed=5)
+    for k, (name, member) in enumerate(auto.members.items()):  # each member alone, its own seed
+        x_adv = member(x, seed=5 + k)
         x_hat = compress_decompress(trained_codec, x_adv)[0]
         alone[name] = (x_adv, rd.psnr(x_hat, x), rd.vulnerability_index(x_hat, clean_hat, x_adv, x))
         torch.testing.assert_close(torch.tensor(report["members"][name]["psnr_adv"]), alone[name][1])
@@ -179,7 +179,7 @@ def test_ensemble_skips_a_member_that_cannot_run(trained_codec, photos):
         x_adv = ensemble(x)
     assert set(ensemble.last_report["skipped"]) == {"pgd-none"}
     assert ensemble.last_report["winner"] == ["square", "square"]
-    assert torch.equal(x_adv, square(x))
+    assert torch.equal(x_adv, square(x, seed=1))  # the second member: seed + 1
     assert "pgd-none" not in ensemble.last_report["members"]
 
 
@@ -222,3 +222,19 @@ def test_configs_build_with_the_threats_default_budget(tmp_path, trained_codec, 
     assert attack.threat == "mse" and attack.eps == 1e-4
     assert "threat='mse'" in repr(attack) and "eps=0.0001" in repr(attack)
     assert attack.round_8bit is True
+
+
+def test_square_averages_the_draws_of_a_random_defence(trained_codec, photos):
+    """Behind a random defence each Square oracle call (and its clean reference) averages `eot_samples`
+    draws: a single lucky draw cannot pass for an improvement."""
+    from rnic.defenses import DefendedCodec, Noise
+
+    defended = DefendedCodec(trained_codec, [Noise(0.02)], eot_samples=3)
+    calls = []
+    handle = trained_codec.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        Square(defended, threat="linf", eps=4 / 255, queries=5, seed=0)(photos[..., :64, :64])
+    finally:
+        handle.remove()
+    # The objective's context (one forward), Square's clean reference and 5 queries, 3 draws each.
+    assert len(calls) == 1 + 3 + 5 * 3

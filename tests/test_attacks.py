@@ -15,7 +15,7 @@ def attacks(codec):
     return {
         "linf": PGD(codec, threat="linf", eps=LINF, alpha=1 / 255, steps=10),
         "l2": PGD(codec, threat="l2", eps=1.5, alpha=0.4, steps=10),
-        "threshold": ThresholdAttack(codec, eps=1e-4, steps=40, lr=0.01),
+        "threshold": ThresholdAttack(codec, eps=1e-4, steps=40, lr=0.01, select="best"),
     }
 
 
@@ -59,7 +59,7 @@ def test_per_image_budgets(trained_codec, photos):
 
 def test_8bit_delivery_keeps_the_budget_and_the_grid(trained_codec, photos):
     x = torch.round(photos * 255) / 255
-    x_adv = ThresholdAttack(trained_codec, eps=1e-4, steps=10, round_8bit=True)(x)
+    x_adv = ThresholdAttack(trained_codec, eps=1e-4, steps=10, select="best", round_8bit=True)(x)
     assert torch.equal(torch.round(x_adv * 255) / 255, x_adv)
     assert (rd.mse(x_adv, x) <= 1e-4).all()
 
@@ -153,3 +153,76 @@ def test_bad_settings_are_named(trained_codec, make, message):
 def test_a_target_of_another_size_is_refused(trained_codec, photos):
     with pytest.raises(ValueError, match="attack target is"):
         PGD(trained_codec, objective=Objective(kind="targeted"))(photos, target=photos[:, :, :64, :64])
+
+
+class _PaperLowBound(torch.autograd.Function):  # Chen & Ma's utils/ops.py Low_bound, transcribed
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return torch.clamp(x, min=bound)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x >= ctx.bound) | (g < 0)).float(), None
+
+
+class _PaperUpBound(torch.autograd.Function):  # ... and Up_bound
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return torch.clamp(x, max=bound)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x <= ctx.bound) | (g > 0)).float(), None
+
+
+def paper_attack(codec, image, steps, eps=1e-4, box=16 / 255, lr=0.01):
+    """attack_fgsm of Chen & Ma's public code (attack_rd.py), line by line, for one image; gradients by
+    autograd.grad instead of backward() so that the codec's parameters stay untouched."""
+    with torch.no_grad():
+        output_s = codec(image)["x_hat"].clamp(0, 1)
+    noise = torch.zeros_like(image).requires_grad_(True)
+    optimizer = torch.optim.Adam([noise], lr=lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [1, 2, 3], gamma=0.33)
+    for i in range(steps):
+        clipped = _PaperUpBound.apply(_PaperLowBound.apply(noise, -box), box)
+        im_in = _PaperUpBound.apply(_PaperLowBound.apply(image + clipped, 0.0), 1.0)
+        loss_i = torch.mean((image - im_in) ** 2)
+        if loss_i > eps:
+            loss = loss_i
+        else:
+            output = codec.g_s(codec.g_a(im_in))
+            loss = 1.0 - torch.mean((output_s - output) ** 2)
+        optimizer.zero_grad()
+        (noise.grad,) = torch.autograd.grad(loss, noise)
+        optimizer.step()
+        if i % (steps // 3) == 0:
+            scheduler.step()
+    return (torch.round(im_in.detach() * 255) / 255).clamp(0, 1)  # eval(): the last iterate, 8-bit
+
+
+def test_the_threshold_attack_is_the_papers_code(trained_codec, photos):
+    """rnic's default threshold attack against an independent transcription of the paper's loop: the
+    same VI on real bitstreams (the final 8-bit rounding done the paper's way for both)."""
+    x = torch.round(photos * 255) / 255
+    ours = ThresholdAttack(trained_codec, eps=1e-4, steps=60, round_8bit=False)(x)
+    ours = (torch.round(ours * 255) / 255).clamp(0, 1)
+    theirs = torch.cat([paper_attack(trained_codec.eval(), x[i : i + 1], steps=60) for i in range(len(x))])
+    clean = compress_decompress(trained_codec, x)[0]
+    vi = [
+        rd.vulnerability_index(compress_decompress(trained_codec, adv)[0], clean, adv, x)
+        for adv in (ours, theirs)
+    ]
+    assert torch.allclose(vi[0], vi[1], atol=0.05), vi
+    assert (vi[0] > 0).all()
+    # The paper's schedule: the full rate for the first step only.
+    from rnic.attacks.threshold import paper_lr
+
+    assert [round(paper_lr(0.01, i, 60) / 0.01, 6) for i in (0, 1, 20, 21, 40, 41, 59)] == [
+        1.0, 0.33, 0.33, 0.1089, 0.1089, 0.035937, 0.035937,
+    ]  # fmt: skip

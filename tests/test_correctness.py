@@ -80,11 +80,13 @@ def test_the_codec_says_its_stride():
 def test_the_threshold_attack_scores_its_last_iterate(trained_codec, photos):
     # One step with a loose threshold: the only admissible iterates are the start and the one after the
     # step, and the step raises the objective, so the result is the last iterate.
-    attack = ThresholdAttack(trained_codec, eps=1e-2, steps=1, lr=0.01, init=1 / 255, round_8bit=False)
-    x_adv = attack(photos)
-    start = ThresholdAttack(trained_codec, eps=1e-2, steps=1, lr=1e-12, init=1 / 255, round_8bit=False)(
-        photos
+    attack = ThresholdAttack(
+        trained_codec, eps=1e-2, steps=1, lr=0.01, init=1 / 255, select="best", round_8bit=False
     )
+    x_adv = attack(photos)
+    start = ThresholdAttack(
+        trained_codec, eps=1e-2, steps=1, lr=1e-12, init=1 / 255, select="best", round_8bit=False
+    )(photos)
     assert (rd.mse(x_adv, start) > 1e-6).all()  # not the starting point
 
 

@@ -114,18 +114,17 @@ class Attack:
             )
         eps = per_image(self.eps if eps is None else eps, x, "eps")
         seed = self.seed if seed is None else seed
-        was_training = self.codec.training
-        self.codec.eval()
         devices = [x.device] if x.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.enable_grad():
-                if seed is not None:
-                    torch.manual_seed(seed)
-                ctx = self.objective.context(self.codec, x, target, mask)
-                with quantization_proxy(self.codec, self.proxy):
-                    x_adv = self.perturb(x.detach(), ctx, eps)
-        finally:
-            self.codec.train(was_training)
+        with (
+            rd.evaluating(self.codec),
+            torch.random.fork_rng(devices=devices, enabled=seed is not None),
+            torch.enable_grad(),
+        ):
+            if seed is not None:
+                torch.manual_seed(seed)
+            ctx = self.objective.context(self.codec, x, target, mask)
+            with quantization_proxy(self.codec, self.proxy):
+                x_adv = self.perturb(x.detach(), ctx, eps)
         x_adv = x_adv.detach().clamp(0, 1)
         if not self.round_8bit:
             return x_adv

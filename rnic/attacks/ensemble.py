@@ -16,6 +16,7 @@ from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
 from rnic.attacks.square import Square
 from rnic.attacks.threat import Threat
+from rnic.attacks.threshold import ThresholdAttack
 from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
 
 SELECTS = ("psnr", "vi")
@@ -47,8 +48,13 @@ def _names(members: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack
     return named
 
 
+def member_seed(seed: int | None, index: int) -> int | None:
+    """The seed of an ensemble's `index`-th member."""
+    return None if seed is None else seed + index
+
+
 class Ensemble:
-    """Runs `members` in order on the same images, with the same seed, and keeps for each image the
+    """Runs `members` in order on the same images (member k with seed + k), and keeps for each image the
     adversarial example whose REAL reconstruction (compressed and decompressed) is worst
     for the codec: by `select`, the lowest PSNR against the source (`psnr`) or the highest VI (`vi`).
     Per image the result is never better for the codec than any member's (ties go to the earlier).
@@ -112,9 +118,7 @@ class Ensemble:
         """The worst adversarial example of each image; `eps` and `seed` override the members' own."""
         seed = self.seed if seed is None else seed
         x = x.detach()
-        was_training = self.codec.training
-        self.codec.eval()
-        try:
+        with rd.evaluating(self.codec):
             coder = coder_on(self.codec, self.coding_device)
             clean_hat = compress_decompress(coder, x)[0]
             best = x.clone()
@@ -122,16 +126,15 @@ class Ensemble:
             best_psnr, best_vi = torch.full_like(worst, torch.nan), torch.full_like(worst, torch.nan)
             winner: list[str | None] = [None] * x.shape[0]
             report = {"select": self.select, "members": {}, "skipped": {}}
-            for name, member in self.members.items():
+            for index, (name, member) in enumerate(self.members.items()):
                 started = time.perf_counter()
-                try:
-                    x_adv = member(x, target, mask, eps=eps, seed=seed)
+                try:  # member k draws its random start from seed + k: no two members share one
+                    x_adv = member(x, target, mask, eps=eps, seed=member_seed(seed, index))
                 except ZeroGradientError as err:
                     message = f"{type(self).__name__}: member {name} cannot run on this codec, skipped: {err}"
                     warnings.warn(message, stacklevel=2)
                     report["skipped"][name] = str(err)
                     continue
-                self.codec.eval()  # members restore the mode they found: keep coding in eval mode
                 psnr_adv, vi = real_figures(coder, x, x_adv, clean_hat)
                 badness = -psnr_adv if self.select == "psnr" else torch.nan_to_num(vi, nan=-torch.inf)
                 better = badness > worst
@@ -147,8 +150,6 @@ class Ensemble:
                 }
             report.update(winner=winner, psnr_adv=best_psnr.tolist(), vi=best_vi.tolist())
             self.last_report = report
-        finally:
-            self.codec.train(was_training)
         return best
 
     def image_report(self, index: int) -> dict:
@@ -174,9 +175,12 @@ class AutoAttack(Ensemble):
     Members, in this order, all with the same threat, budget and seed:
     APGD (`steps` iterations) under each proxy (skip, ste, noise) with each of two objectives, the
     distortion against the clean reconstruction and against the source (`apgd-<proxy>-<reference>`);
-    then Square (`queries` queries) on the real rounding, maximising the distortion against the source
-    (select=psnr) or the clean reconstruction (select=vi). Square runs on every image: choosing the
-    images by how the others did in the batch would make an image's result depend on its batch mates.
+    under the mse threat, Chen & Ma's threshold attack (`adam_steps` Adam steps, default 10 x `steps`;
+    its best iterate within the budget), whose per-sample scaled steps do not stall where APGD's
+    normalised ones do inside the box; then Square (`queries` queries) on the real rounding, maximising
+    the distortion against the source (select=psnr) or the clean reconstruction (select=vi). Square runs
+    on every image: choosing the images by how the others did in the batch would make an image's result
+    depend on its batch mates.
 
     `objective` only contributes its distortion metric (mse or ms-ssim): the members use both
     references, and its kind must be `distortion`. The members choose their proxies: `proxy` must stay
@@ -191,6 +195,7 @@ class AutoAttack(Ensemble):
         steps: int = 100,
         queries: int = 1000,
         select: str = "psnr",
+        adam_steps: int | None = None,
         objective: Objective | None = None,
         proxy: str | None = None,
         round_8bit: bool = False,
@@ -219,6 +224,18 @@ class AutoAttack(Ensemble):
                     proxy=member_proxy,
                     **common,
                 )
+        adam_steps = 10 * int(steps) if adam_steps is None else int(adam_steps)
+        if threat == "mse":
+            members["threshold"] = ThresholdAttack(
+                codec,
+                eps=eps,
+                box=Threat(threat).box,
+                steps=adam_steps,
+                select="best",  # an ensemble keeps admissible examples only
+                objective=Objective(kind="distortion", reference="clean", distortion=objective.metric),
+                round_8bit=round_8bit,
+                seed=seed,
+            )
         square_reference = "source" if select == "psnr" else "clean"
         members["square"] = Square(
             codec,
@@ -231,6 +248,7 @@ class AutoAttack(Ensemble):
         self.eps = eps
         self.steps = int(steps)
         self.queries = int(queries)
+        self.adam_steps = adam_steps
         self.objective = objective
         self.proxy = proxy
         self.round_8bit = round_8bit

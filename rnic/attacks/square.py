@@ -118,11 +118,20 @@ class Square(Attack):
         self.coding_device = CODING_DEVICE  # not a setting: where it codes does not change the result
         self._coder: nn.Module | None = None
 
+    @property
+    def draws(self) -> int:
+        """Behind a random defence (rnic.defenses), each oracle call averages this many draws (EOT), so
+        that a lucky draw cannot pass for an improvement."""
+        return int(getattr(self.codec, "eot_samples", 1)) if getattr(self.codec, "random", False) else 1
+
     @torch.no_grad()
     def query(self, x_adv: Tensor, ctx: Context) -> Tensor:
-        """The objective of each image on its real reconstruction."""
-        x_hat, likelihoods, pixels = real_forward(self.codec, x_adv, self._coder)
-        return self.objective(x_hat, likelihoods, pixels, x_adv, ctx)
+        """The objective of each image on its real reconstruction (mean over the draws)."""
+        total = 0.0
+        for _ in range(self.draws):
+            x_hat, likelihoods, pixels = real_forward(self.codec, x_adv, self._coder)
+            total = total + self.objective(x_hat, likelihoods, pixels, x_adv, ctx)
+        return total / self.draws
 
     @torch.no_grad()
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
@@ -135,8 +144,12 @@ class Square(Attack):
             self._coder = None
 
     def search(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        if ctx.clean is not None:  # Objective.context used the forward: autoregressive codecs round otherwise
-            ctx = replace(ctx, clean=real_forward(self.codec, x, self._coder)[0])
+        if (
+            ctx.clean is not None
+        ):  # Objective.context used one forward: autoregressive codecs round otherwise,
+            # and a random defence draws anew each time (the mean of the draws is the reference)
+            draws = [real_forward(self.codec, x, self._coder)[0] for _ in range(self.draws)]
+            ctx = replace(ctx, clean=torch.stack(draws).mean(0))
         generators = rng.image_generators(x.shape[0])  # small draws: on the CPU
         linf = self._threat.name == "linf"
         x_best = self.start_linf(x, eps, generators) if linf else self.start_l2(x, eps, generators)
