@@ -4,7 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnic.jobs import run_job
+from rnic.jobs import run_job, switch_arguments
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="attack")
@@ -14,4 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    switch_arguments(("certify",))  # certify=true "certify.eps=[...]"
     main()

@@ -8,11 +8,15 @@ run's model card (card.json) still describes its folder: weights hash, figures, 
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from rnic.card import check_card
-from rnic.report import build_report
+from rnic.jobs import USER_ERRORS, quiet_third_party
+
+quiet_third_party()  # before CompressAI's import warns
+from rnic.card import check_card  # noqa: E402
+from rnic.report import build_report  # noqa: E402
 
 
 def main() -> None:
@@ -28,6 +32,16 @@ def main() -> None:
         help="code every saved adversarial set below RUNS with every one of their codecs: a transfer matrix",
     )
     args = parser.parse_args()
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.check:
         problems = [problem for run in args.runs for problem in check_card(run)]
         for problem in problems:

@@ -45,8 +45,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--adv", default="attack=linf attack.eps=0.0314 attack.alpha=0.0078 attack.steps=3")
-    parser.add_argument("--eval", default="attack=linf attack.eps=0.0314 attack.steps=10")
+    parser.add_argument(
+        "--adv",
+        default="attack=linf attack.eps=0.03137254901960784 attack.alpha=0.00784313725490196 attack.steps=3",
+    )
+    parser.add_argument("--eval", default="attack=linf attack.eps=0.03137254901960784 attack.steps=10")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="finetune_gain_"))
 

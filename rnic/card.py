@@ -46,6 +46,8 @@ def weights_entry(cfg: DictConfig) -> dict:
     if model.get("weights"):
         entry["file"] = str(Path(model.weights).resolve())
         entry["sha256"] = file_sha256(model.weights)
+    elif model.get("pretrained_file"):  # pretrained weights from a known file (rnic.config.codec_from_config)
+        entry["file"], entry["sha256"] = model.pretrained_file, model.pretrained_sha256
     return entry
 
 
@@ -60,7 +62,10 @@ def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "codec": codec.get("arch") or codec.get("format") or str(codec.get("_target_")),
-        "quality": resolved["model"].get("quality"),
+        # With a rate target, a classical coder chooses the quality per image (results.json records it).
+        "quality": None
+        if resolved["model"].get("target_bpp") is not None
+        else resolved["model"].get("quality"),
         "metric": resolved["model"].get("metric"),
         "codec_config": codec,
         "weights": weights_entry(cfg),
@@ -91,7 +96,9 @@ def check_card(folder: Path) -> list[str]:
     path = folder / CARD_FILE
     if not path.is_file():
         return [f"{path}: no model card"]
-    card = json.loads(path.read_text())
+    card = read_json(path)
+    if card is None:
+        return [f"{path}: not valid JSON (truncated or edited?)"]
     problems = []
     weights = card.get("weights") or {}
     if weights.get("file"):
@@ -104,13 +111,54 @@ def check_card(folder: Path) -> list[str]:
     results_path = folder / name
     if not results_path.is_file():
         return [*problems, f"{results_path}: missing, {path} describes it"]
-    results = json.loads(results_path.read_text())
+    results = read_json(results_path)
+    if results is None:
+        return [*problems, f"{results_path}: not valid JSON (truncated or edited?)"]
     means = results[key] if key else {k: v for k, v in results.items() if k != "start"}
     for field, value in card["means"].items():
         if not _same(means.get(field), value):
             problems.append(f"{results_path}: {field}={means.get(field)!r}, {path} says {value!r}")
-    if card["kind"] == "attack" and len(results.get("images", [])) != card["data"]["images"]:
+    if card["kind"] == "attack":
+        problems += check_attack_results(results, results_path, card, path)
+    return problems
+
+
+def check_attack_results(results: dict, results_path: Path, card: dict, card_path: Path) -> list[str]:
+    """An attack run's per-image records against its means and its card, and whether it finished."""
+    from rnic.robustness import mean_of  # torch; report.py --check imports this module first
+
+    problems = []
+    images = results.get("images", [])
+    if len(images) != card["data"]["images"]:
+        problems.append(f"{results_path}: {len(images)} image(s), {card_path} says {card['data']['images']}")
+    recomputed = mean_of(images)
+    for field, value in results["mean"].items():
+        if not _same(recomputed.get(field), value):
+            problems.append(
+                f"{results_path}: mean {field}={value!r}, "
+                f"but its per-image records give {recomputed.get(field)!r}"
+            )
+    if "certified" in results:  # center smoothing's certificate: the means again from the records
+        from rnic.smoothing import certified_means
+
+        recomputed = certified_means(images)
+        if recomputed != results["certified"] or card.get("certified") != results["certified"]:
+            problems.append(
+                f"{results_path}: its certified means differ from its records or from {card_path}"
+            )
+    planned = results.get("images_planned", card["data"].get("images_planned"))
+    if results.get("complete") is False or (planned is not None and len(images) < planned):
         problems.append(
-            f"{results_path}: {len(results['images'])} image(s), {path} says {card['data']['images']}"
+            f"{results_path}: unfinished run, {len(images)} of {planned} image(s) done "
+            "(rerun the same command into its folder to finish it)"
         )
     return problems
+
+
+def read_json(path: Path) -> dict | None:
+    """A results or card file, or None if it is not valid JSON (a truncated or hand-edited file)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

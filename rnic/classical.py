@@ -7,6 +7,8 @@ attacks (`attack=square`, `attack=none`) apply to them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import imagecodecs
 import numpy as np
 import torch
@@ -48,26 +50,28 @@ class ClassicalCodec(nn.Module):
         self.quality = int(quality)
         self.target_bpp = target_bpp
         self.register_buffer("_device", torch.zeros(()), persistent=False)  # where results are returned
+        self.last_choice: dict[str, list] = {}
 
     def encode_image(self, image: np.ndarray, quality: int) -> bytes:
         encode, _, _, options = FORMATS[self.format]
         return bytes(encode(np.ascontiguousarray(image), level=quality, **options))
 
-    def encode(self, image: np.ndarray) -> bytes:
+    def encode(self, image: np.ndarray) -> tuple[bytes, int]:
+        """The image's file and the quality it was coded at."""
         if self.target_bpp is None:
-            return self.encode_image(image, self.quality)
+            return self.encode_image(image, self.quality), self.quality
         # The rate grows with the quality: bisect for the highest quality within the target.
         pixels = image.shape[0] * image.shape[1]
         low, high = FORMATS[self.format][2]
-        best = self.encode_image(image, low)
+        best, chosen = self.encode_image(image, low), low  # the lowest quality if none is within
         while low <= high:
             middle = (low + high) // 2
             data = self.encode_image(image, middle)
             if 8 * len(data) / pixels <= self.target_bpp:
-                best, low = data, middle + 1
+                best, chosen, low = data, middle, middle + 1
             else:
                 high = middle - 1
-        return best
+        return best, chosen
 
     def decode(self, data: bytes) -> Tensor:
         array = FORMATS[self.format][1](data)
@@ -76,7 +80,17 @@ class ClassicalCodec(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255
 
     def compress(self, x: Tensor) -> dict:
-        return {"strings": [[self.encode(to_uint8(image)) for image in x]], "shape": tuple(x.shape[-2:])}
+        """The files of a batch; `last_choice` keeps, per image, the quality used and whether the
+        target rate was missed (no quality reaches a `target_bpp` below the lowest quality's rate)."""
+        coded = [self.encode(to_uint8(image)) for image in x]
+        pixels = x.shape[-2] * x.shape[-1]
+        self.last_choice = {
+            "quality": [quality for _, quality in coded],
+            "target_missed": [
+                self.target_bpp is not None and 8 * len(data) / pixels > self.target_bpp for data, _ in coded
+            ],
+        }
+        return {"strings": [[data for data, _ in coded]], "shape": tuple(x.shape[-2:])}
 
     def decompress(self, strings: list[list[bytes]], shape) -> dict:
         x_hat = torch.stack([self.decode(data) for data in strings[0]]).to(self._device.device)
@@ -97,3 +111,37 @@ class ClassicalCodec(nn.Module):
     def extra_repr(self) -> str:
         target = f", target_bpp={self.target_bpp}" if self.target_bpp is not None else ""
         return f"format={self.format}, quality={self.quality}{target}"
+
+
+REFERENCES = ("jpeg", "webp")
+LABELS = {"jpeg": "JPEG", "webp": "WebP", "jpeg2000": "JPEG 2000", "jpegxl": "JPEG XL"}
+
+
+def reference_line(learned_psnr: float | None, figures: dict[str, dict]) -> str:
+    """The classical references' mean figures ({format: {"psnr", "bpp"}}) beside a learned codec's PSNR."""
+    parts = []
+    for name in REFERENCES:
+        psnr, bpp = figures[name]["psnr"], figures[name]["bpp"]
+        gain = "" if learned_psnr is None or psnr is None else f" (learned {learned_psnr - psnr:+.2f} dB)"
+        parts.append(f"{LABELS[name]} {psnr:.2f} dB at {bpp:.3f} bpp{gain}")
+    return "classical references at each image's learned rate: " + ", ".join(parts)
+
+
+@torch.no_grad()
+def matched_reference(x: Tensor, bpp: Sequence[float], formats: Sequence[str] = REFERENCES) -> dict:
+    """Classical coders at a learned codec's rate, per image: each image of `x` (B, 3, H, W) coded at the
+    highest quality whose real rate is within that image's `bpp` (one target for all images would let rate
+    allocation decide). Returns, per format, the decoded PSNR and real bpp of each image."""
+    from rnic import rd  # torch-only helpers; imported here to keep this module's import light
+
+    figures = {}
+    for name in formats:
+        psnr, rate = [], []
+        for image, target in zip(x, bpp, strict=True):
+            coder = ClassicalCodec(name, target_bpp=float(target))
+            encoded = coder.compress(image[None])
+            decoded = coder.decompress(encoded["strings"], encoded["shape"])["x_hat"]
+            psnr.append(rd.finite_or_none(rd.psnr(decoded, image[None].cpu())[0]))
+            rate.append(8 * len(encoded["strings"][0][0]) / (x.shape[-2] * x.shape[-1]))
+        figures[name] = {"psnr": psnr, "bpp": rate}
+    return figures

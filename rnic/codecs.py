@@ -3,6 +3,7 @@ operating points, and loading of pretrained or local weights."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,6 +32,43 @@ ARCHITECTURES = {
 }
 
 
+# Codecs that rnic trains on a CPU and ships inside the package (`rnic/weights/`), by config name:
+# the zoo architecture they use, their widths (N, M) and their lambda per quality (low, middle, high rate).
+SHIPPED = {
+    "bmshj2018_hyperprior_cpu": {
+        "zoo": "bmshj2018-hyperprior",
+        "widths": (64, 96),
+        "lambdas": {"mse": (0.0025, 0.0067, 0.03)},
+    },
+}
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def shipped_weights(arch: str, metric: str, quality: int) -> Path:
+    """The shipped weights file of a CPU codec (`SHIPPED`), refused in one line if there is none."""
+    spec = SHIPPED[arch]
+    path = WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}.pth"
+    if metric not in spec["lambdas"] or not path.is_file():
+        shipped = sorted(p.name for p in WEIGHTS_DIR.glob(f"{arch}-*.pth"))
+        raise FileNotFoundError(
+            f"model={arch} model.metric={metric} model.quality={quality}: rnic ships no such weights "
+            f"(shipped: {', '.join(shipped) or 'none'})"
+        )
+    return path
+
+
+def pretrained_file(arch: str, metric: str, quality: int) -> Path | None:
+    """Where `model.pretrained=true` weights come from: the shipped file of a CPU codec, or CompressAI's
+    download in torch hub's cache (None until it has been downloaded)."""
+    if arch in SHIPPED:
+        return shipped_weights(arch, metric, quality)
+    url = zoo_image.model_urls.get(zoo_name(arch), {}).get(metric, {}).get(int(quality))
+    if url is None:
+        return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return path if path.is_file() else None
+
+
 def zoo_name(arch: str) -> str:
     """Canonical zoo name for a config name, a zoo name or an alias."""
     name = ARCHITECTURES.get(arch, arch)
@@ -41,6 +79,8 @@ def zoo_name(arch: str) -> str:
 
 
 def qualities(arch: str) -> tuple[int, ...]:
+    if arch in SHIPPED:
+        return tuple(range(1, len(next(iter(SHIPPED[arch]["lambdas"].values()))) + 1))
     return tuple(sorted(zoo_image.cfgs[zoo_name(arch)]))
 
 
@@ -50,12 +90,14 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def rd_lambda(metric: str, quality: int) -> float:
-    """The zoo's lambda for a distortion metric and quality (1-based)."""
+def rd_lambda(metric: str, quality: int, arch: str | None = None) -> float:
+    """The lambda for a distortion metric and quality (1-based): the zoo's, or a shipped codec's."""
     check_metric(metric)
-    table = LAMBDAS[metric]
+    table = SHIPPED[arch]["lambdas"].get(metric, ()) if arch in SHIPPED else LAMBDAS[metric]
     if not 1 <= int(quality) <= len(table):
-        raise ValueError(f"model.quality={quality} has no zoo lambda; choose 1..{len(table)}")
+        raise ValueError(
+            f"model.quality={quality} has no lambda; choose 1..{len(table)} (or set model.lmbda)"
+        )
     return table[int(quality) - 1]
 
 
@@ -67,11 +109,14 @@ def build_codec(
     N: int | None = None,
     M: int | None = None,
 ) -> nn.Module:
-    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths.
+    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths, or one of
+    rnic's shipped CPU codecs (`SHIPPED`), whose pretrained weights load from the package, offline.
 
     `N`/`M` override the zoo widths for the quality (e.g. a small codec for a CPU);
     cheng2020 codecs have a single width `N`.
     """
+    if arch in SHIPPED:
+        return build_shipped(arch, quality, metric, pretrained, N, M)
     name = zoo_name(arch)
     check_metric(metric)
     valid = qualities(name)
@@ -96,6 +141,23 @@ def build_codec(
     return zoo_image.model_architectures[name](*widths)
 
 
+def build_shipped(arch: str, quality: int, metric: str, pretrained: bool, N: int | None, M: int | None):
+    spec = SHIPPED[arch]
+    check_metric(metric)
+    if int(quality) not in qualities(arch):
+        raise ValueError(
+            f"model.quality={quality} is out of range for {arch}; choose 1..{len(qualities(arch))}"
+        )
+    widths = tuple(int(w) if w is not None else d for w, d in zip((N, M), spec["widths"], strict=True))
+    if pretrained and widths != spec["widths"]:
+        raise ValueError(
+            f"model.N/model.M={widths} cannot be combined with model.pretrained=true: "
+            f"{arch} was trained with widths {spec['widths']}"
+        )
+    codec = zoo_image.model_architectures[spec["zoo"]](*widths)
+    return load_weights(codec, shipped_weights(arch, metric, quality)) if pretrained else codec
+
+
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove wrappers' prefixes: torch.compile's `_orig_mod.` and DataParallel's `module.`."""
     cleaned = {}
@@ -106,18 +168,30 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return cleaned
 
 
+def read_checkpoint(path: str | Path, key: str = "model.weights"):
+    """`torch.load` of a weights or checkpoint file (tensors only), refusing in one line, named after the
+    config `key` that gave it, a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={str(path)!r}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if zipfile.is_zipfile(path):
+            cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
+        elif path.read_bytes()[:2] in (b"PK", b"\x80\x02"):
+            cause = "the file is truncated or damaged"
+        else:
+            cause = "not a PyTorch checkpoint (no zip archive or pickle)"
+        raise ValueError(f"{key}={str(path)!r} is not a readable checkpoint: {cause}") from None
+
+
 def read_codec_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """The codec's state dict from an rnic Lightning checkpoint or a CompressAI state dict.
 
     Returns the state dict and the codec class name recorded in an rnic checkpoint (else None).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.weights={str(path)!r}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"model.weights={str(path)!r} is not a readable checkpoint: {err}") from None
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise ValueError(f"model.weights={str(path)!r} holds a {type(ckpt).__name__}, not a state dict")
     codec_class = None

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnic.codecs import load_weights
+from rnic.codecs import load_weights, pretrained_file
 
 # Keys of an attack config that configure attack.py's run, not the attack.
 ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask", "adaptive", "eot_samples")
@@ -30,11 +30,29 @@ def build(config: DictConfig, **kwargs):
 
 
 def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
-    """The codec of `cfg.model`, with `model.weights` loaded when given."""
-    codec = build(cfg.model.codec)
-    if cfg.model.get("weights"):
-        load_weights(codec, cfg.model.weights)
+    """The codec of `cfg.model`, with `model.weights` loaded when given (they take precedence over
+    `model.pretrained`). Pretrained weights from a known file are recorded in `cfg.model` like a
+    weights file: `pretrained_file` and `pretrained_sha256`, for config.yaml, the card and the run key."""
+    model = cfg.model
+    if model.get("weights") and model.get("pretrained"):
+        with open_dict(cfg):
+            model.pretrained = False
+    codec = build(model.codec)
+    if model.get("weights"):
+        load_weights(codec, model.weights)
+    elif model.get("pretrained") and model.codec.get("arch"):
+        path = pretrained_file(model.codec.arch, model.metric, model.quality)
+        if path is not None:
+            with open_dict(cfg):
+                model.pretrained_file, model.pretrained_sha256 = str(path), file_sha256(path)
     return codec
+
+
+def has_weights(cfg: DictConfig) -> bool:
+    """Whether the configured codec is anything but randomly initialised (classical coders always are)."""
+    model = cfg.model
+    learned = model.codec.get("_target_") != "rnic.classical.ClassicalCodec"
+    return not learned or bool(model.get("weights") or model.get("pretrained"))
 
 
 def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:

@@ -139,7 +139,7 @@ class SampleImages:
             paths.append(path)
         return paths
 
-    def splits(self) -> dict[str, list[Path]]:
+    def splits(self, names: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
         return split_by_fractions(self.paths(), self.fractions, self.seed)
 
     def __repr__(self) -> str:
@@ -184,7 +184,8 @@ class ImageFolder:
             raise FileNotFoundError(f"data.source.{split}: {str(path)!r} is not a folder or a .txt list")
         return find_images(path)
 
-    def splits(self) -> dict[str, list[Path]]:
+    def splits(self, names: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
+        """The listed images of each split in `names` (a split not asked for is not looked for)."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"data root {str(self.root)!r} does not exist")
         if self.fractions is not None:
@@ -194,7 +195,7 @@ class ImageFolder:
                     f"data root {str(self.root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                 )
             return split_by_fractions(files, self.fractions, self.seed)
-        return {s: self._resolve(s, p) if p is not None else [] for s, p in self.parts.items()}
+        return {s: self._resolve(s, p) if p is not None else [] for s, p in self.parts.items() if s in names}
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, parts={self.parts}, fractions={self.fractions})"
@@ -265,15 +266,16 @@ class ImageDataModule(L.LightningDataModule):
         self.max_val_images = max_val_images
         self.num_workers = loader_workers(num_workers)
         self.check_images = check_images
-        self._listing: dict[str, list[Path]] | None = None
+        self._listing: dict[str, list[Path]] = {}
         self.train_repeats = int(train_repeats)
         self.cache_images = cache_images
         self.files: dict[str, list[Path]] = {}
 
     def prepare(self, splits: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
         """List and check the images of `splits` (each once); errors name the file."""
-        if self._listing is None:
-            self._listing = self.source.splits()
+        missing = [split for split in splits if split not in self._listing]
+        if missing:
+            self._listing.update(self.source.splits(missing))
         for split in splits:
             if split not in self.files:
                 self.files[split] = self._check(split, self._listing.get(split, []))

@@ -36,13 +36,11 @@ from torch import Tensor, nn
 
 from rnic import rd
 from rnic.attacks import rng
+from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
-DEFENSES = (
-    "none", "jpeg", "blur", "median", "bitdepth", "resize", "noise", "random_transform", "self_ensemble",
-    "latent_clamp",
-)  # fmt: skip
 # Where a checkpoint keeps latent_clamp's measured ranges (rnic checkpoints) or a ranges file keeps them.
 RANGES_KEY = "latent_ranges"
+RANGES_SUFFIX = ".latent_ranges.pt"
 SELF_ENSEMBLE_BITS = 3  # the index of one of the 8 flips / rotations
 
 
@@ -313,11 +311,20 @@ class SelfEnsemble(nn.Module):
     random = False
 
 
+def ranges_file(weights: str | Path) -> Path:
+    """Where `ranges.py` stores the latent ranges of a weights file: a new file beside it (a weights file
+    is never modified, so its SHA-256 stays the one runs recorded)."""
+    return Path(f"{weights}{RANGES_SUFFIX}")
+
+
 def read_latent_ranges(path: str | Path) -> dict:
-    """The latent ranges stored in an rnic checkpoint (`rnic.latent_ranges`) or a ranges file."""
+    """The latent ranges of a ranges file, of the ranges file beside a weights file (`ranges_file`), or
+    stored inside an rnic checkpoint (`rnic.latent_ranges`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"defense.latent_clamp.ranges_from={str(path)!r}: no such file")
+    if ranges_file(path).is_file():
+        path = ranges_file(path)
     stored = torch.load(path, map_location="cpu", weights_only=True)
     ranges = (stored.get("rnic") or {}).get(RANGES_KEY) if isinstance(stored, dict) else None
     if ranges is None and isinstance(stored, dict):
@@ -325,9 +332,9 @@ def read_latent_ranges(path: str | Path) -> dict:
     if ranges is None:
         raise ValueError(
             f"defense.latent_clamp.ranges_from={str(path)!r} holds no latent ranges: measure them on clean "
-            f"training images first, `python ranges.py model.weights={path}` (see README)"
+            f"training images first, `python ranges.py model.weights={path}` (see docs)"
         )
-    return ranges
+    return {**ranges, "file": str(path), "inside_weights": RANGES_SUFFIX not in path.name}
 
 
 class LatentClamp(nn.Module):
@@ -347,6 +354,7 @@ class LatentClamp(nn.Module):
         low: Sequence[float] | None = None,
         high: Sequence[float] | None = None,
         margin: float = 0.0,
+        weights: str | None = None,
     ):
         super().__init__()
         if low is None or high is None:
@@ -356,6 +364,8 @@ class LatentClamp(nn.Module):
                     "of y measured on clean training images (`python ranges.py model.weights=CKPT`)"
                 )
             ranges = read_latent_ranges(ranges_from)
+            if weights:
+                check_ranges_match(ranges, weights)
             low, high = ranges["low"], ranges["high"]
         low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
         if low.shape != high.shape or low.dim() != 1 or not bool((low <= high).all()):
@@ -401,24 +411,34 @@ def measure_latent_ranges(codec: nn.Module, images) -> dict:
 
 
 def save_latent_ranges(path: str | Path, ranges: dict) -> Path:
-    """Store `ranges` with an rnic checkpoint (`rnic.latent_ranges`), or as a ranges file of its own."""
+    """Store `ranges` (with the `weights_sha256` they were measured on) as a ranges file of its own."""
     from rnic.io import atomic_write
 
-    path = Path(path)
-    stored = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
-    if "rnic" in stored:
-        stored["rnic"] = {**stored["rnic"], RANGES_KEY: ranges}
-    else:
-        stored = {RANGES_KEY: ranges}
-    return atomic_write(path, lambda tmp: torch.save(stored, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save({RANGES_KEY: ranges}, tmp))
+
+
+def check_ranges_match(ranges: dict, weights: str | Path) -> None:
+    """Ranges measured on other weights would clamp this codec's latents to another codec's ranges."""
+    from rnic.config import file_sha256
+
+    if ranges["inside_weights"] and Path(ranges["file"]).resolve() == Path(weights).resolve():
+        return  # stored inside these very weights
+    stored, actual = ranges.get("weights_sha256"), file_sha256(weights)
+    if stored != actual:
+        measured = f"weights with SHA-256 {stored[:16]}..." if stored else "weights it does not record"
+        raise ValueError(
+            f"defense.latent_clamp.ranges_from={ranges['file']!r} holds ranges measured on {measured}, "
+            f"but model.weights={str(weights)!r} has SHA-256 {actual[:16]}...: measure them on these weights "
+            f"(`python ranges.py model.weights={weights}`)"
+        )
 
 
 # --- the defended codec -----------------------------------------------------------------------------------
 
-CODEC_DEFENSES = (SelfEnsemble, LatentClamp)
 CLASSES = {
     "jpeg": JPEG, "blur": Blur, "median": Median, "bitdepth": BitDepth, "resize": Resize, "noise": Noise,
     "random_transform": RandomTransform, "self_ensemble": SelfEnsemble, "latent_clamp": LatentClamp,
+    "center_smoothing": CenterSmoothing,
 }  # fmt: skip
 
 
@@ -664,7 +684,7 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
         if name == "none" and not entry:
             continue
         if name not in CLASSES:
-            raise ValueError(f"defense={name!r} is unknown; choose among: {', '.join(DEFENSES)}")
+            raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(CLASSES)}")
         if isinstance(entry, nn.Module):
             defense = entry
         elif entry and "_target_" in entry:
@@ -680,8 +700,16 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
 
 
 def defended(codec: nn.Module, spec, eot_samples: int = 8) -> nn.Module:
-    """`codec` behind the defences of `spec` (see `build_defenses`), or `codec` itself without any."""
+    """`codec` behind the defences of `spec` (see `build_defenses`), or `codec` itself without any.
+    Center smoothing takes the codec alone (other defences would change what it certifies)."""
     defenses = build_defenses(spec)
+    smoothing = [d for d in defenses.values() if isinstance(d, CenterSmoothing)]
+    if smoothing and len(defenses) > 1:
+        raise ValueError(
+            f"defense={list(defenses)}: center_smoothing certifies the codec alone; use it alone"
+        )
+    if smoothing:
+        return SmoothedCodec(codec, smoothing[0], eot_samples=eot_samples)
     return DefendedCodec(codec, defenses, eot_samples=eot_samples) if defenses else codec
 
 

@@ -31,14 +31,14 @@ from torch import Tensor, nn
 
 from rnic import rd
 from rnic.adversarial import AdversarialMixing, Step, rd_step
-from rnic.attacks import PGD, Attack, Objective, Threat, quantization_proxy
+from rnic.attacks import PGD, Attack, NoAttack, Objective, Threat, quantization_proxy
 from rnic.attacks.base import per_image
 from rnic.attacks.objectives import distortion
 from rnic.codecs import load_codec_state, read_codec_state
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "mix", "free", "fast", "consistency", "teacher")
+METHODS = ("none", "mix", "free", "fast", "consistency", "teacher", "noise")
 
 
 @dataclass
@@ -85,6 +85,36 @@ class CleanTraining(AdversarialMixing):
 
     def training_loss(self, module, x: Tensor) -> Step:
         return rd_step(module.codec, x, x, module.lmbda, module.metric)
+
+
+class NoiseTraining(AdversarialMixing):
+    """`noise`: Gaussian noise of `sigma` on the first `ratio` of each batch, the clean source as the target:
+    a codec that reconstructs well from noisy inputs, for center smoothing (rnic.smoothing). It needs no
+    attack (attack=none); with one, the attack validates only."""
+
+    name = "noise"
+
+    def __init__(self, attack: Attack, sigma: float = 0.05, **kwargs):
+        super().__init__(attack, **kwargs)
+        if not float(sigma) > 0:
+            raise ValueError(f"adv.sigma={sigma} must be > 0 (the noise std of adv.method=noise)")
+        self.sigma = float(sigma)
+        if isinstance(attack, NoAttack):
+            self.validate = False  # no attack to validate under
+
+    def training_loss(self, module, x: Tensor) -> Step:
+        n = self.count(x.shape[0])
+        generator = torch.Generator(device=x.device).manual_seed(
+            self.seed(module.global_step, module.global_rank) or 0
+        )
+        noise = torch.randn(x[:n].shape, generator=generator, device=x.device, dtype=x.dtype)
+        inputs = torch.cat([x[:n] + self.sigma * noise, x[n:]])
+        step = rd_step(module.codec, inputs, x, module.lmbda, module.metric)
+        step.logs["train/noisy_images"] = float(n)
+        return step
+
+    def __repr__(self) -> str:
+        return f"NoiseTraining(sigma={self.sigma}, ratio={self.ratio})"
 
 
 class FreeTraining(AdversarialMixing):
@@ -162,14 +192,9 @@ class RandomStartFGSM(PGD):
 def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     """The mean value of `attack`'s objective at `x_adv` (no gradient; the codec in eval mode)."""
     codec = attack.codec
-    was_training = codec.training
-    codec.eval()
-    try:
-        with torch.no_grad(), quantization_proxy(codec, attack.proxy):
-            ctx = attack.objective.context(codec, x, None, None)
-            return attack.value(x_adv, ctx).mean()
-    finally:
-        codec.train(was_training)
+    with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, attack.proxy):
+        ctx = attack.objective.context(codec, x, None, None)
+        return attack.value(x_adv, ctx).mean()
 
 
 class FastTraining(AdversarialMixing):
@@ -342,6 +367,7 @@ def build_method(
     guard_every: int = 50,
     guard_ratio: float = 3.0,
     metric: str = "mse",
+    sigma: float = 0.05,
     **mixing,
 ) -> AdversarialMixing:
     """The training method `adv.method` around `attack` (the other `adv.*` keys as each method takes them)."""
@@ -354,6 +380,8 @@ def build_method(
         return FreeTraining(attack, replays=replays, **mixing)
     if method == "fast":
         return FastTraining(attack, guard_every=guard_every, guard_ratio=guard_ratio, **mixing)
+    if method == "noise":
+        return NoiseTraining(attack, sigma=sigma, **mixing)
     if method == "consistency":
         return ConsistencyTraining(attack, beta=beta, metric=metric, **mixing)
     return TeacherTraining(attack, beta=beta, metric=metric, teacher=teacher, **mixing)

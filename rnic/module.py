@@ -51,6 +51,7 @@ class CodecModule(L.LightningModule):
         metric: str = "mse",
         quality: int | None = None,
         lmbda: float | None = None,
+        arch: str | None = None,
         optimizer: Callable = torch.optim.Adam,
         aux_optimizer: Callable = torch.optim.Adam,
         scheduler: Callable | None = None,
@@ -84,7 +85,7 @@ class CodecModule(L.LightningModule):
         if lmbda is None:
             if quality is None:
                 raise ValueError("model.lmbda is required when model.quality is not set")
-            lmbda = rd_lambda(metric, quality)
+            lmbda = rd_lambda(metric, quality, arch)  # the zoo's lambda, or a shipped CPU codec's
         if not (float(lmbda) > 0 and math.isfinite(float(lmbda))):
             raise ValueError(f"model.lmbda={lmbda} must be a positive number")
         if scheduler_interval not in ("step", "validation"):

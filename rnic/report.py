@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from rnic import rd, study
 from rnic.bdrate import bd_psnr, bd_rate
-from rnic.card import CARD_FILE
+from rnic.card import CARD_FILE, read_json
+from rnic.classical import LABELS, REFERENCES
 from rnic.defense_report import DEFENSE_COLUMNS, cost_gain_figure, defense_rows
 from rnic.io import atomic_write, png_bytes, write_csv
 from rnic.jobs import ERROR_FILE
@@ -24,6 +25,7 @@ ATTACK_COLUMNS = (
     "run", "codec", "quality", "metric", "weights", "attack", "eps", "defense", "adaptive", "images",
     "psnr_in", "linf",
     "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "bpp_ratio", "msssim_clean", "msssim_adv", "vi",
+    "psnr_jpeg", "bpp_jpeg", "psnr_webp", "bpp_webp",
     "vi_msssim", "encode_s_clean", "encode_s_adv", "decode_s_clean", "decode_s_adv",
 )  # fmt: skip
 TRAIN_COLUMNS = (
@@ -63,18 +65,26 @@ def describe(config: dict) -> dict:
 
 def read_card(folder: Path) -> dict | None:
     path = folder / CARD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
-def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
-    """(attack rows, training rows, failed job folders) under `paths`."""
-    attacks, trainings, failed = [], [], []
+def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str], list[str]]:
+    """(attack rows, training rows, failed job folders, skipped runs with the reason) under `paths`.
+    A run whose record is unreadable or unfinished is skipped and named, never counted."""
+    attacks, trainings, failed, skipped = [], [], [], []
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"{str(root)!r}: no such run or sweep folder")
         for results in sorted(root.rglob("results.json")):
             folder = results.parent
-            data = json.loads(results.read_text())
+            data = read_json(results)
+            if data is None or not isinstance(data.get("mean"), dict):
+                skipped.append(f"{results}: not a valid results file (truncated or edited?)")
+                continue
+            if data.get("complete") is False:
+                done = len(data.get("images") or [])
+                skipped.append(f"{folder}: unfinished, {done} of {data.get('images_planned')} image(s) done")
+                continue
             config = run_config(folder)
             eps = config.get("attack", {}).get("eps")
             if folder.name.startswith("eps_"):
@@ -87,9 +97,13 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
             }
             card = read_card(folder)  # what the run says it evaluated; results.json for older runs
             means = card["means"] if card else data["mean"]
-            attacks.append({"run": str(folder), **describe(config), "eps": eps, **defense, **means})
+            row = {"run": str(folder), **describe(config), "eps": eps, **defense, **means}
+            attacks.append({**row, "certified": data["certified"]} if data.get("certified") else row)
         for final in sorted(root.rglob("final_metrics.json")):
-            data = json.loads(final.read_text())
+            data = read_json(final)
+            if data is None:
+                skipped.append(f"{final}: not a valid metrics file (truncated or edited?)")
+                continue
             start = data.get("start", {})
             trainings.append(
                 {
@@ -105,7 +119,13 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
                 }
             )
         failed += [str(p.parent) for p in sorted(root.rglob(ERROR_FILE))]
-    return attacks, trainings, failed
+        for last in sorted(root.rglob("checkpoints/last.ckpt")):  # a training that never finished
+            folder = last.parent.parent
+            if not (folder / "final_metrics.json").is_file() and not (folder / ERROR_FILE).is_file():
+                skipped.append(
+                    f"{folder}: unfinished training (no final_metrics.json; resume with ckpt_path)"
+                )
+    return attacks, trainings, failed, skipped
 
 
 def cell(value) -> str:
@@ -173,10 +193,37 @@ def rate_distortion_figure(attacks: list[dict]) -> Figure:
         )
         axis.plot([r["bpp_adv"] for r in rows], [r["psnr_adv"] for r in rows], "o-", color=clean.get_color(),
                   label=f"{name} attacked")  # fmt: skip
+        for reference, style in zip(REFERENCES, (":", "-."), strict=True):  # at the learned clean rates
+            if all(r.get(f"psnr_{reference}") is not None for r in rows):
+                axis.plot([r[f"bpp_{reference}"] for r in rows], [r[f"psnr_{reference}"] for r in rows],
+                          style, marker=".", color=clean.get_color(), alpha=0.7,
+                          label=f"{LABELS[reference]} at {name}'s rates")  # fmt: skip
     axis.set(xlabel="bpp (real bitstreams)", ylabel="PSNR [dB]", title="rate-distortion, clean vs attacked")
     axis.grid(alpha=0.3)
     if lines:
         axis.legend(fontsize=7)
+    return figure
+
+
+def certified_figure(attacks: list[dict]) -> Figure:
+    """Center smoothing: the certified PSNR floor of the smoothed reconstruction against the input radius,
+    beside the empirical attacked figure (the attacked smoothed reconstruction vs the clean one)."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for row in attacks:
+        if not row.get("certified"):
+            continue
+        points = [c for c in row["certified"] if c["psnr_floor"] is not None]
+        name = label(row, "codec", "quality", "weights")
+        (line,) = axis.plot([c["eps"] for c in points], [c["psnr_floor"] for c in points], "o-",
+                            label=f"{name}: certified floor")  # fmt: skip
+        if row.get("psnr_adv_vs_clean") is not None and row.get("eps") is not None:
+            axis.plot([row["eps"]], [row["psnr_adv_vs_clean"]], "x", markersize=10, color=line.get_color(),
+                      label=f"{name}: {row['attack']} (empirical)")  # fmt: skip
+    axis.set(xlabel="input perturbation, L2 norm", ylabel="smoothed reconstruction PSNR vs clean [dB]",
+             title="Certified floor vs empirical attack (center smoothing, real bitstreams)")  # fmt: skip
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     return figure
 
 
@@ -266,6 +313,12 @@ def bd_rows(attacks: list[dict]) -> list[dict]:
         rate, psnr = _bd(clean, attacked)
         rows.append({"curve": name, "anchor": "clean", "test": "attacked", "points": len(points),
                      "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
+        for reference in REFERENCES:  # the learned clean curve against the classical coders at its rates
+            if all(p.get(f"psnr_{reference}") is not None for p in points):
+                anchor = ([p[f"bpp_{reference}"] for p in points], [p[f"psnr_{reference}"] for p in points])
+                rate, psnr = _bd(anchor, clean)
+                rows.append({"curve": name, "anchor": LABELS[reference], "test": "clean",
+                             "points": len(points), "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
     families = defaultdict(dict)
     for (codec, metric, attack, eps, weights), points in curves.items():
         families[(codec, metric, attack, eps)][weights] = points
@@ -301,9 +354,13 @@ def bd_rows(attacks: list[dict]) -> list[dict]:
 def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = None) -> dict:
     """Write tables (markdown + CSV), PNG plots and report.html to `out`; returns what it found.
     `transfer`: the rows of a transfer matrix (rnic.transfer), shown as a table and heatmaps."""
-    attacks, trainings, failed = collect(paths)
+    attacks, trainings, failed, skipped = collect(paths)
+    for reason in skipped:
+        print(f"warning: skipped {reason}", file=sys.stderr)
     if not attacks and not trainings:
-        raise FileNotFoundError(f"no results.json or final_metrics.json under {', '.join(map(str, paths))}")
+        raise FileNotFoundError(
+            f"no finished run (results.json or final_metrics.json) under {', '.join(map(str, paths))}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
     method_runs = study.collect_runs(paths)  # experiment=robust_methods: one row per training method
@@ -319,6 +376,8 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
         write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
         figures["robustness_curves.png"] = png_bytes(robustness_figure(attacks), dpi=90)
         figures["rate_distortion.png"] = png_bytes(rate_distortion_figure(attacks), dpi=90)
+        if any(row.get("certified") for row in attacks):
+            figures["certified_curve.png"] = png_bytes(certified_figure(attacks), dpi=90)
         rate_attacks = [row for row in attacks if row.get("encode_s_adv") is not None]
         if rate_attacks:
             figures["rate_attacks.png"] = png_bytes(rate_attack_figure(rate_attacks), dpi=90)
@@ -362,6 +421,8 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
     text += "".join(f"Note: {note}.\n\n" for note in method_notes)
     if failed:
         text += "## Failed jobs\n\n" + "".join(f"- {f} ({ERROR_FILE})\n" for f in failed)
+    if skipped:
+        text += "## Runs left out\n\n" + "".join(f"- {reason}\n" for reason in skipped)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
 
     images = "".join(
@@ -372,13 +433,17 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
         f"<h2>{html.escape(title)}</h2>{html_table(rows, cols)}" for title, rows, cols in sections
     )
     failures = "".join(f"<li>{html.escape(f)}</li>" for f in failed)
+    left_out = "".join(f"<li>{html.escape(reason)}</li>" for reason in skipped)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>rnic report</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
         f"<body><h1>rnic report</h1>{tables}{images}"
         + (f"<h2>Failed jobs</h2><ul>{failures}</ul>" if failed else "")
+        + (f"<h2>Runs left out</h2><ul>{left_out}</ul>" if skipped else "")
         + "</body></html>"
     )
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(page))
-    return {"attacks": attacks, "trainings": trainings, "failed": failed, "defenses": defenses}
+    return {
+        "attacks": attacks, "trainings": trainings, "failed": failed, "skipped": skipped, "defenses": defenses
+    }  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,13 +20,22 @@ from tqdm import tqdm
 
 from rnic import rd
 from rnic.attacks import NoAttack, Square, Threat
+from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.card import build_card, write_card
-from rnic.classical import ClassicalCodec
+from rnic.classical import FORMATS, REFERENCES, ClassicalCodec, matched_reference, reference_line
 from rnic.coding import coder_on, compress_decompress, device_of
-from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256
+from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256, has_weights
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
-from rnic.defenses import DefendedCodec, build_defenses
-from rnic.io import atomic_write, write_csv, write_json, write_png, write_text
+from rnic.defenses import build_defenses, defended
+from rnic.io import atomic_write, write_csv, write_json, write_png
+from rnic.jobs import write_run_record
+from rnic.smoothing import (
+    SmoothedCodec,
+    certificate_columns,
+    certificate_table,
+    certified_means,
+    certify_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ DEFENSE_COLUMNS = (
     "psnr_clean_undefended", "bpp_clean_undefended", "psnr_cost", "bpp_cost", "psnr_adv_undefended",
     "vi_undefended",
 )  # fmt: skip
+# The classical references at each image's clean learned rate (rnic.classical.matched_reference).
+REFERENCE_COLUMNS = tuple(f"{kind}_{name}" for name in REFERENCES for kind in ("psnr", "bpp"))
 # Data settings that change how images are loaded, not which images or pixels: left out of a run's key.
 LOADING_KEYS = (
     "num_workers",
@@ -62,7 +74,9 @@ def code_pair(
 ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     """Real-bitstream figures of a batch of images and their adversarial versions, one record each."""
     clean_hat, bpp_clean = compress_decompress(coder, x)
+    choices = {f"{k}_clean": v for k, v in getattr(coder, "last_choice", {}).items()}  # classical coders
     adv_hat, bpp_adv = compress_decompress(coder, x_adv)
+    choices.update({f"{k}_adv": v for k, v in getattr(coder, "last_choice", {}).items()})
     columns = {
         "psnr_in": rd.psnr(x_adv, x),
         "linf": (x_adv - x).flatten(1).abs().amax(1) * 255,
@@ -84,8 +98,17 @@ def code_pair(
     for i in range(x.shape[0]):
         record = dict.fromkeys(("msssim_clean", "msssim_adv", "vi_msssim"))
         record.update({key: rd.finite_or_none(value[i]) for key, value in columns.items()})
+        record.update({key: values[i] for key, values in choices.items()})
         records.append(record)
     return records, clean_hat, adv_hat
+
+
+def add_classical_reference(records: list[dict], x: torch.Tensor) -> None:
+    """JPEG and WebP on each clean image at the highest quality within its learned clean rate."""
+    matched = matched_reference(x.cpu(), [r["bpp_clean"] for r in records])
+    for name, figures in matched.items():
+        for record, psnr, bpp in zip(records, figures["psnr"], figures["bpp"], strict=True):
+            record.update({f"psnr_{name}": psnr, f"bpp_{name}": bpp})
 
 
 def member_table(records: list[dict]) -> dict[str, dict]:
@@ -157,7 +180,8 @@ def coding_times(coder: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -
 
 def mean_of(records: list[dict]) -> dict:
     means = {}
-    present = [c for c in (*DEFENSE_COLUMNS, *RATE_COLUMNS) if any(c in r for r in records)]
+    optional = (*DEFENSE_COLUMNS, *RATE_COLUMNS, *REFERENCE_COLUMNS, "psnr_adv_vs_clean")
+    present = [c for c in optional if any(c in r for r in records)]
     for column in (*COLUMNS, *present):
         values = [r[column] for r in records if r.get(column) is not None]
         means[column] = float(np.mean(values)) if values else None
@@ -265,9 +289,15 @@ def run_key(cfg: DictConfig) -> dict:
     else:  # how a defence is attacked changes nothing without one
         key["attack"].pop("adaptive", None)
         key["attack"].pop("eot_samples", None)
+    if cfg.model.get("target_bpp") is not None:  # a rate target chooses the quality per image
+        key["model"]["quality"] = key["model"]["codec"]["quality"] = None
     key.update(split=cfg.split, seed=cfg.seed)
     if cfg.model.get("weights"):
         key["weights_sha256"] = file_sha256(cfg.model.weights)
+    for name in ("pretrained_file", "pretrained_sha256"):  # recorded by codec_from_config
+        key["model"].pop(name, None)
+    if cfg.model.get("pretrained_sha256"):
+        key["weights_sha256"] = cfg.model.pretrained_sha256
     return key
 
 
@@ -312,6 +342,8 @@ class Evaluation:
             raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
 
         # Everything that can be wrong is found here, before any attack runs.
+        if cfg.max_images is not None and int(cfg.max_images) < 1:
+            raise ValueError(f"max_images={cfg.max_images} must be >= 1 (null: every image of the split)")
         datamodule = build(cfg.data)
         if cfg.split not in SPLITS:
             raise ValueError(f"split={cfg.split!r} is not one of {', '.join(SPLITS)}")
@@ -325,6 +357,13 @@ class Evaluation:
         self.dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None)
         self.names = names
         self.sizes = [(crop, crop) if crop else image_size(path) for path in files]
+        if not has_weights(cfg) and not cfg.model.get("allow_random_init"):
+            raise ValueError(
+                f"model={cfg.model.codec.get('arch') or cfg.model.codec._target_} has neither model.weights "
+                "nor "
+                "model.pretrained=true: attacking a randomly initialised codec measures nothing "
+                "(model.allow_random_init=true to do it anyway)"
+            )
         defenses = build_defenses(cfg.get("defense"))  # a bad defence setting fails here
         self.codec = codec_from_config(cfg).to(self.device).eval()
         self.codec.update(force=True)
@@ -333,7 +372,9 @@ class Evaluation:
         self.adaptive = bool(cfg.attack.get("adaptive", True))
         self.defended = None
         if defenses:
-            self.defended = DefendedCodec(self.codec, defenses, eot_samples=cfg.attack.get("eot_samples", 8))
+            self.defended = defended(
+                self.codec, defenses, eot_samples=cfg.attack.get("eot_samples", 8)
+            ).eval()
             for size in sorted(set(map(tuple, self.sizes))):
                 self.defended.check_size(size)
         evaluated = self.defended if self.defended is not None else self.codec
@@ -344,6 +385,7 @@ class Evaluation:
             if hasattr(attack, "coding_device"):  # attacks that code (ensembles, Square's real oracle)
                 attack.coding_device = cfg.coding_device
             self.check_budget_fits_images(attack)
+        self.certify = self.check_certify()
         self.target, self.mask = self.load_target()
         self.adversarial_dir = self.check_load_from()
         if self.adversarial_dir is None:
@@ -360,6 +402,26 @@ class Evaluation:
             for folder, key in zip(self.folders, self.keys, strict=True)
         ]
 
+    def check_certify(self) -> list[float]:
+        """The input radii to certify (certify=true), refused unless the codec is center-smoothed and the
+        attack, if any, is an L2 one (what the certificate bounds)."""
+        settings = self.cfg.get("certify") or {}
+        if not settings.get("enabled"):
+            return []
+        if not isinstance(self.defended, SmoothedCodec):
+            raise ValueError("certify=true needs defense=center_smoothing (a certificate is the smoothing's)")
+        budgets = [float(eps) for eps in settings.get("eps") or []]
+        if not budgets or any(not eps >= 0 for eps in budgets):
+            raise ValueError(f"certify.eps={list(settings.get('eps') or [])}: give input radii >= 0 (L2)")
+        for attack in self.attacks:
+            threat = getattr(attack, "threat", None)
+            if threat not in (None, "l2"):
+                raise ValueError(
+                    f"attack.threat={threat}: the certificate bounds L2 perturbations (certify.eps); attack "
+                    "with attack.threat=l2 at the same radius (the empirical figure), or attack=none"
+                )
+        return budgets
+
     def check_budget_fits_images(self, attack) -> None:
         """A budget that no image of the split allows (e.g. an L2 radius beyond the largest possible
         perturbation of the smallest image) is refused before the first image."""
@@ -368,6 +430,16 @@ class Evaluation:
             return
         for size in sorted(set(map(tuple, self.sizes))):
             Threat(threat).check(attack.eps, (3, *size))
+        if threat == "linf" and getattr(attack, "round_8bit", False):
+            for eps in torch.as_tensor(attack.eps, dtype=torch.float64).flatten().tolist():
+                levels = eps * 255
+                kept = math.floor(levels + LEVEL_TOLERANCE)
+                if levels - kept > 0.5:  # e.g. 0.0078 for 2/255: 1.989 levels, delivered as 1
+                    log.warning(
+                        "attack.eps=%s is %.3f/255: delivered as 8-bit samples (attack.round_8bit=true) it "
+                        "is a %d/255 attack; write %d/255 as %r",
+                        eps, levels, kept, round(levels), round(levels) / 255,
+                    )  # fmt: skip
 
     def load_target(self):
         """The targeted objective's target (and mask), checked against every image's size."""
@@ -448,6 +520,11 @@ class Evaluation:
         results_path = folder / "results.json"
         done = {r["image"] for r in records}
         todo = [i for i, name in enumerate(self.names) if name not in done]
+        if records and todo:
+            print(
+                f"resuming {folder}: {len(self.names) - len(todo)} of {len(self.names)} image(s) done, "
+                f"{len(todo)} left"
+            )
         pixels = [self.sizes[i][0] * self.sizes[i][1] / 1e6 for i in range(len(self.names))]
         progress = tqdm(
             total=round(sum(pixels[i] for i in todo), 2),
@@ -462,6 +539,10 @@ class Evaluation:
             batch_records, clean_hat, adv_hat = code_pair(self.coder, x, x_adv)
             if self.defended is not None:
                 self.add_undefended(batch_records, x, x_adv)
+            if not isinstance(self.codec, ClassicalCodec):
+                add_classical_reference(batch_records, x)
+            if self.certify:
+                certify_images(self.defended, x, clean_hat, adv_hat, batch_records, self.certify)
             seconds = (time.perf_counter() - started) / len(indices)
             if getattr(getattr(attack, "objective", None), "kind", None) == "rate":
                 for row, record in enumerate(batch_records):
@@ -490,23 +571,39 @@ class Evaluation:
                 records.append(record)
             records.sort(key=lambda r: self.names.index(r["image"]) if r["image"] in self.names else -1)
             mean = mean_of(records)
-            results = {"key": key, "attack": repr(attack), "images": records, "mean": mean}
+            status = self.status(records)
+            results = {"key": key, "attack": repr(attack), **status, "images": records, "mean": mean}
             if self.defended is not None:
                 results.update(defense=self.defended.names, adaptive=self.adaptive)
             members = member_table(records)
             if members:
                 results["members"] = members
-            write_json(results_path, results)
-            write_card(folder, {**self.card, "attack": repr(attack), "data": {**self.card["data"],
-                       "images": len(records)}, "means": mean})  # fmt: skip
+            certified = {"certified": certified_means(records)} if self.certify else {}
+            write_json(results_path, {**results, **certified})
+            data = {**self.card["data"], "images": len(records), "images_planned": status["images_planned"]}
+            write_card(folder, {**self.card, "attack": repr(attack), "complete": status["complete"],
+                       "data": data, "means": mean, **certified})  # fmt: skip
             columns = ("image", *COLUMNS, *(DEFENSE_COLUMNS if self.defended is not None else ()))
-            columns = (*columns, *(c for c in RATE_COLUMNS if c in mean))
+            columns = (*columns, *(c for c in (*RATE_COLUMNS, *REFERENCE_COLUMNS) if c in mean))
             columns = (*columns, *(("winner",) if members else ()))
-            write_csv(folder / "results.csv", [*records, {"image": "mean", **mean}], columns)
+            flat = [{**r, **certificate_columns(r)} for r in records]
+            columns = (*columns, *(certificate_columns(records[0]) if self.certify else ()))
+            write_csv(folder / "results.csv", [*flat, {"image": "mean", **mean}], columns)
             progress.update(round(sum(pixels[i] for i in indices), 2))
         progress.close()
+        missed = [r["image"] for r in records if r.get("target_missed_clean") or r.get("target_missed_adv")]
+        if missed:
+            log.warning(
+                "model.target_bpp=%s is below the lowest rate of %s on %d image(s) (%s): coded at quality "
+                "%s, above the target (target_missed_* in results.json)",
+                self.cfg.model.target_bpp, self.codec.format, len(missed), ", ".join(missed[:3]),
+                FORMATS[self.codec.format][2][0],
+            )  # fmt: skip
         mean = mean_of(records)
         print(f"\n{attack} on {len(records)} image(s), real bitstreams:\n" + results_table(records, mean))
+        if mean.get("psnr_jpeg") is not None:
+            figures = {n: {"psnr": mean[f"psnr_{n}"], "bpp": mean[f"bpp_{n}"]} for n in REFERENCES}
+            print(reference_line(mean["psnr_clean"], figures))
         members = member_table(records)
         if members:
             print("\nensemble members (decoded figures; wins: images where the member was the worst case):")
@@ -522,8 +619,15 @@ class Evaluation:
                     else ""
                 )
             )
+        if self.certify:
+            print(certificate_table(certified_means(records)))
         print(f"results: {results_path}")
         return mean
+
+    def status(self, records: list[dict]) -> dict:
+        """How far a budget folder's run got: a killed run's record says it is unfinished."""
+        done = sum(r["image"] in self.names for r in records)
+        return {"images_planned": len(self.names), "complete": done == len(self.names)}
 
     @torch.no_grad()
     def add_undefended(self, records: list[dict], x: torch.Tensor, x_adv: torch.Tensor) -> None:
@@ -546,5 +650,5 @@ def evaluate_robustness(cfg: DictConfig) -> list[dict]:
     """attack.py's job: attack a split and measure it on real bitstreams; the mean figures per budget."""
     torch.manual_seed(cfg.seed)
     evaluation = Evaluation(cfg)  # every check passes before anything is written
-    write_text(Path(cfg.paths.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_record(cfg, Path(cfg.paths.output_dir))
     return evaluation.run()

@@ -4,7 +4,6 @@ rate points) and its robustness gain under each threat model of `robust_eval`.""
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -12,9 +11,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from rnic.bdrate import bd_psnr, bd_rate
+from rnic.card import read_json
 
 CONTROL = "none"
-METHOD_ORDER = ("none", "mix", "free", "fast", "consistency", "teacher")
+METHOD_ORDER = ("none", "mix", "free", "fast", "consistency", "teacher", "noise")
 
 
 def collect_runs(paths: list[Path]) -> list[dict]:
@@ -22,15 +22,9 @@ def collect_runs(paths: list[Path]) -> list[dict]:
     runs = []
     for root in paths:
         for final in sorted(Path(root).rglob("final_metrics.json")):
-            data = json.loads(final.read_text())
+            data = read_json(final) or {}  # report.collect names the unreadable ones
             if data.get("robust_eval") and data.get("method"):
-                config = final.parent / "config.yaml"
-                lmbda = None
-                if config.is_file():
-                    from omegaconf import OmegaConf
-
-                    lmbda = OmegaConf.load(config).model.get("lmbda")
-                runs.append({"run": str(final.parent), "lmbda": lmbda, **data})
+                runs.append({"run": str(final.parent), "lmbda": data.get("lmbda"), **data})
     return runs
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -22,10 +24,12 @@ from rnic.adversarial import AdversarialMixing
 from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
 from rnic.card import build_card, write_card
-from rnic.classical import ClassicalCodec
+from rnic.classical import REFERENCES, ClassicalCodec, matched_reference, reference_line
+from rnic.codecs import read_checkpoint
+from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
-from rnic.io import write_json, write_text
-from rnic.jobs import check_paths
+from rnic.io import write_json
+from rnic.jobs import check_paths, write_run_record
 from rnic.methods import check_method_settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMix
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
-    if isinstance(attacks[0], NoAttack):
+    if isinstance(attacks[0], NoAttack) and method != "noise":  # noise training needs no attack
         if method not in ("mix", "none"):
             raise ValueError(f"adv.method={method} needs an attack: set attack=linf (or l2, apgd, auto)")
         return None
@@ -98,15 +102,44 @@ def plain_metrics(metrics: dict) -> dict:
     return {k: rd.finite_or_none(v) for k, v in metrics.items()}
 
 
-@rank_zero_only
-def save_config(cfg: DictConfig, output_dir: Path) -> None:
-    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
+    """A fresh start never writes over another run: a used folder takes a resume of its own run
+    (`ckpt_path=` inside it), or `overwrite=true`, which deletes the old run's files first."""
+    if rank_zero_only.rank != 0 or not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return  # DDP's other ranks run in rank 0's folder
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and Path(ckpt).resolve().is_relative_to(output_dir.resolve()):
+        return
+    if not cfg.get("overwrite"):
+        what = "a resume of another run" if ckpt else "a fresh start"
+        raise ValueError(
+            f"hydra.run.dir={str(output_dir)!r} holds a run already ({what} would write over it): resume it "
+            f"with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, choose another hydra.run.dir, "
+            "or start over in it with overwrite=true (deletes its checkpoints and metrics)"
+        )
+    for path in output_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_training_settings(cfg: DictConfig, datamodule, codec: torch.nn.Module) -> None:
+    """Settings that would train nothing or train on crops the codec cannot take, refused up front."""
+    max_steps = int(cfg.trainer.get("max_steps", -1))
+    if max_steps == 0 or max_steps < -1:
+        raise ValueError(
+            f"trainer.max_steps={max_steps}: a run needs at least one optimizer step (-1: until max_epochs)"
+        )
+    stride = rd.stride(codec)
+    if datamodule.patch_size < stride:
+        raise ValueError(
+            f"data.patch_size={datamodule.patch_size} is smaller than the codec's stride {stride} "
+            f"({cfg.model.codec.get('arch', type(codec).__name__)} downsamples by {stride}): use >= {stride}"
+        )
 
 
 def saved_config(ckpt_path: str) -> tuple[dict | None, tuple[str, ...]]:
     """The config of the run that wrote `ckpt_path` and the keys to take from the command line:
     the unresolved config stored in the checkpoint, else the run folder's (resolved) config.yaml."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     stored = (ckpt.get("rnic") or {}).get("config")
     if stored:
         return stored, RUN_KEYS
@@ -187,7 +220,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path"):
         cfg = resume_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
+    check_run_folder(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build(cfg.data)
     datamodule.prepare()  # lists and checks every image before any training starts
@@ -197,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(
             f"model={codec.format} is a classical reference coder: attack.py codes it, train.py cannot"
         )
+    check_training_settings(cfg, datamodule, codec)
     module = build(cfg.module, codec=codec, adversarial=build_adversarial(cfg, codec))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = OmegaConf.to_container(cfg, resolve=False)  # paths resolve anew on resume
@@ -207,7 +242,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     failed = True
     try:
-        save_config(cfg, output_dir)
+        if trainer.is_global_zero:
+            write_run_record(cfg, output_dir)
         for logger in trainer.loggers:
             logger.log_hyperparams(resolved)
         results, start, best = fit(cfg, trainer, module, datamodule)
@@ -296,7 +332,29 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
             continue
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results.update(plain_metrics(metrics))
+        if stage == "val" and trainer.is_global_zero:  # the weights just validated: best, else final
+            cost["reference"] = classical_reference(module, datamodule)
     return {**results, **cost}, start, best
+
+
+@torch.no_grad()
+def classical_reference(module, datamodule) -> dict:
+    """The final codec against JPEG and WebP on the val images: each image coded for real, the classical
+    coders at the highest quality within that image's learned rate; mean PSNR and bpp of each."""
+    module.update_entropy_tables()
+    figures = {"learned": {"psnr": [], "bpp": []}} | {name: {"psnr": [], "bpp": []} for name in REFERENCES}
+    for batch in datamodule.val_dataloader():
+        x = batch.to(device_of(module.coder))
+        x_hat, bpp = compress_decompress(module.coder, x)
+        figures["learned"]["psnr"] += rd.psnr(x_hat, x).tolist()
+        figures["learned"]["bpp"] += bpp.tolist()
+        for name, matched in matched_reference(x, bpp.tolist()).items():
+            for key in ("psnr", "bpp"):
+                figures[name][key] += matched[key]
+    return {
+        name: {key: float(np.mean([v for v in values if v is not None])) for key, values in columns.items()}
+        for name, columns in figures.items()
+    }
 
 
 def training_cost(module, seconds: float) -> dict:
@@ -304,6 +362,7 @@ def training_cost(module, seconds: float) -> dict:
     wall time of the fit, and the training method's own record (a collapse of `fast`)."""
     method = module.adversarial
     cost = {
+        "lmbda": module.lmbda,  # the rate point (from model.lmbda, or the quality's lambda)
         "method": "none" if method is None else method.name,
         "passes": module.passes_total,
         "forward_passes": module.forward_passes_total,
@@ -328,6 +387,13 @@ def report(
     print(final_table(title, val, "val"))
     if "test/clean/loss" in results:
         print(final_table("\nTest metrics:", {"final": results}, "test"))
+    if "reference" in results:
+        reference = results["reference"]
+        learned = reference["learned"]
+        print(
+            f"  learned {learned['psnr']:.2f} dB at {learned['bpp']:.3f} bpp; "
+            + reference_line(learned["psnr"], reference)
+        )
     passes, steps = results["passes"], trainer.global_step
     print(
         f"  training cost ({results['method']}): {passes:.1f} codec passes (forward + backward, in batches), "

@@ -150,7 +150,7 @@ def test_the_study_preset_composes(tmp_path):
     assert set(cfg.hydra.sweeper.params["adv.method"].split(",")) == {
         "none", "mix", "free", "fast", "consistency", "teacher"
     }  # fmt: skip
-    assert len(cfg.hydra.sweeper.params["model.lmbda"].split(",")) == 3
+    assert cfg.hydra.sweeper.params["model.quality"].split(",") == ["1", "2", "3"] and cfg.model.pretrained
     attacks = cfg.robust_eval.attacks
     assert {a._target_ for a in attacks.values()} == {"rnic.attacks.AutoAttack"}
     assert attacks.linf.threat == "linf" and attacks.linf.eps == cfg.attack.eps
@@ -166,7 +166,7 @@ def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp
     tiny = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check", "callbacks.last"))]
     result = subprocess.run(
         [sys.executable, "train.py", "-m", "experiment=robust_methods", *tiny, *tiny_widths([]),
-         f"model.weights={base}", "adv.method=none,free", "model.lmbda=0.0067", "adv.validate=false",
+         f"model.weights={base}", "adv.method=none,free", "model.quality=3", "adv.validate=false",
          "adv.replays=2",
          "module.max_passes=2",
          "attack.steps=1", "trainer.val_check_interval=2", "callbacks.last_checkpoint.every_n_train_steps=2",
@@ -176,7 +176,7 @@ def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent for p in sweep.rglob("final_metrics.json"))
-    assert len(jobs) == 2  # 2 methods; the command line's one lambda replaces the preset's three
+    assert len(jobs) == 2  # 2 methods; the command line's one quality replaces the preset's three
     for job in jobs:
         final = json.loads((job / "final_metrics.json").read_text())
         assert final["passes"] == 2 and set(final["robust_eval"]) == {"linf", "mse"}

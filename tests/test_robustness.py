@@ -246,3 +246,12 @@ def test_a_rate_attack_records_the_real_rate_and_coding_time(tmp_path, trained_c
     found = build_report([tmp_path / "run"], tmp_path / "report")
     assert found["attacks"][0]["bpp_ratio"] == pytest.approx(mean["bpp_ratio"])
     assert (tmp_path / "report" / "rate_attacks.png").stat().st_size > 10_000
+
+
+def test_an_linf_budget_that_loses_a_level_in_8_bits_is_named(tmp_path, trained_checkpoint, caplog):
+    evaluate(attack_cfg(tmp_path, trained_checkpoint, "max_images=1", eps=0.0078, steps=1))
+    assert "attack.eps=0.0078 is 1.989/255" in caplog.text and "a 1/255 attack" in caplog.text
+    assert "write 2/255 as 0.00784313725490196" in caplog.text
+    caplog.clear()
+    evaluate(attack_cfg(tmp_path / "exact", trained_checkpoint, "max_images=1", eps=2 / 255, steps=1))
+    assert "/255 attack" not in caplog.text

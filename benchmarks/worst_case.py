@@ -1,0 +1,128 @@
+"""Which attack is the worst case, codec by codec: every attack rnic ships, at its default settings and at
+10x its steps, and the paper's recipe (the threshold attack as Chen & Ma's code runs it, 1000 steps), under
+two threat models (input MSE <= 1e-4 in the 16/255 box; L-inf 4/255), on real bitstreams with 8-bit delivery.
+
+Per codec and threat: VI and attacked PSNR (against the source) of each attack, means over the images, the
+wall time measured side by side in this one run, and which attack wins by VI and by attacked PSNR (and by
+how much over the runner-up).
+
+    python benchmarks/worst_case.py [--codecs shipped-q1 shipped-q2 shipped-q3 small] [--images 2 --size 256]
+        [--scale 1.0]
+
+`shipped-q<k>`: rnic's shipped CPU codec at quality k; `small`: the small hyperprior benchmarks/attacks.py
+trains (300 steps); `PATH=arch:N:M`: your own weights. `--scale` multiplies every attack's steps and
+queries (0.1 for a quick look; the defaults and the 10x column keep their ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+from rnic import rd
+from rnic.attacks import APGD, PGD, AutoAttack, Square, ThresholdAttack
+from rnic.attacks.threat import MSE_BOX
+from rnic.codecs import build_codec, load_weights
+from rnic.coding import compress_decompress
+from rnic.data import SampleImages, read_image
+
+THREATS = {"mse": 1e-4, "linf": 4 / 255}
+
+
+def load(spec: str, workdir: Path) -> torch.nn.Module:
+    if spec.startswith("shipped-q"):
+        codec = build_codec(
+            "bmshj2018_hyperprior_cpu", quality=int(spec[len("shipped-q") :]), pretrained=True
+        )
+    elif spec == "small":
+        from benchmarks.attacks import train_small_codec
+
+        codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), train_small_codec(workdir))
+    else:
+        path, widths = spec.split("=")
+        arch, n, m = widths.split(":")
+        codec = load_weights(build_codec(arch, N=int(n), M=int(m)), path)
+    codec.eval()
+    codec.update(force=True)
+    return codec
+
+
+def attacks(codec, threat: str, scale: float) -> dict:
+    """Every shipped attack at its defaults (and 10x), under `threat`; the paper's recipe under mse."""
+    eps = THREATS[threat]
+    steps = lambda n: max(1, round(n * scale))  # noqa: E731
+    made = {}
+    for factor, tag in ((1, ""), (10, " x10")):
+        made[f"auto{tag}"] = AutoAttack(
+            codec, threat=threat, eps=eps, steps=steps(100 * factor), queries=steps(1000 * factor),
+            select="vi", round_8bit=True,
+        )  # fmt: skip
+        made[f"apgd{tag}"] = APGD(codec, threat=threat, eps=eps, steps=steps(100 * factor), round_8bit=True)
+        made[f"pgd{tag}"] = PGD(codec, threat=threat, eps=eps, steps=steps(10 * factor), round_8bit=True)
+        made[f"square{tag}"] = Square(
+            codec, threat=threat, eps=eps, queries=steps(1000 * factor), round_8bit=True
+        )
+    if threat == "mse":
+        made["paper recipe"] = ThresholdAttack(
+            codec, eps=eps, box=MSE_BOX, steps=steps(1000), round_8bit=True
+        )
+    return made
+
+
+def figures(codec, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[float, float]:
+    clean = compress_decompress(codec, x)[0]
+    attacked = compress_decompress(codec, x_adv)[0]
+    vi = rd.vulnerability_index(attacked, clean, x_adv, x)
+    return float(torch.nanmean(vi)), float(rd.psnr(attacked, x).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--codecs", nargs="+", default=["shipped-q1", "shipped-q2", "shipped-q3", "small"])
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    paths = SampleImages().splits()["val"][: args.images]
+    x = torch.stack([v2.CenterCrop(args.size)(read_image(p)) for p in paths])
+    x = torch.round(x * 255) / 255
+    workdir = Path(tempfile.mkdtemp(prefix="rnic-worst-"))
+    for spec in args.codecs:
+        codec = load(spec, workdir)
+        for threat in THREATS:
+            rows = []
+            for name, attack in attacks(codec, threat, args.scale).items():
+                started = time.perf_counter()
+                x_adv = attack(x)
+                seconds = time.perf_counter() - started
+                rows.append((name, *figures(codec, x, x_adv), seconds))
+            print(
+                f"\n{spec}, threat {threat} (eps {THREATS[threat]:.6g}), {len(x)} x {args.size}px val crops:"
+            )
+            print(f"  {'attack':<14} {'VI [dB]':>8} {'PSNR [dB]':>10} {'seconds':>8}")
+            for name, vi, psnr, seconds in rows:
+                print(f"  {name:<14} {vi:>8.2f} {psnr:>10.2f} {seconds:>8.1f}")
+            by_vi = sorted(rows, key=lambda r: -r[1])
+            by_psnr = sorted(rows, key=lambda r: r[2])
+            print(f"  worst by VI: {by_vi[0][0]} (+{by_vi[0][1] - by_vi[1][1]:.2f} dB over {by_vi[1][0]}); "
+                  f"by attacked PSNR: {by_psnr[0][0]} "
+                  f"({by_psnr[0][2] - by_psnr[1][2]:+.2f} dB vs {by_psnr[1][0]})")  # fmt: skip
+            named = {r[0]: r for r in rows}
+            auto = named["auto"]
+            if "paper recipe" in named:
+                recipe = named["paper recipe"]
+                print(f"  auto vs the paper recipe: VI {auto[1] - recipe[1]:+.2f} dB at "
+                      f"{auto[3] / recipe[3]:.2f}x its wall time")  # fmt: skip
+            print(f"  auto x10 over auto: VI {named['auto x10'][1] - auto[1]:+.2f} dB, "
+                  f"attacked PSNR {named['auto x10'][2] - auto[2]:+.2f} dB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

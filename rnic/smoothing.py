@@ -1,0 +1,287 @@
+"""Center smoothing (Kumar & Goldstein, "Center Smoothing: Certified Robustness for Networks with Structured
+Outputs", NeurIPS 2021) for a codec: a certified bound on how far ANY input perturbation of L2 norm <= eps
+can move the smoothed reconstruction.
+
+The smoothed codec's output for x is one of the reconstructions f(x + N(0, sigma^2 I)): the sample whose
+median L2 distance to the other samples is smallest (the approximate center of the smallest ball that
+holds half of them). The encoder draws the noisy copies, picks the center and sends that copy's bitstream;
+the decoder is the plain codec's. A second, independent set of samples checks that the ball around the
+center of the median radius holds enough of the mass (else the smoothing abstains), and a third one
+certifies: with probability >= 1 - alpha (alpha for the prediction, alpha for the certificate),
+||f_bar(x) - f_bar(x')||_2 <= (1 + beta) * R for every ||x - x'||_2 <= eps, where R is the quantile of the
+samples' distances to the center at level Phi(Phi^-1(1/2 + delta) + eps / sigma) + sqrt(ln(1 / alpha) /
+(2 n)), and beta = 2 (the relaxed triangle inequality of the paper's code). Where that level exceeds 1,
+the certificate abstains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import torch
+from torch import Tensor, nn
+
+from rnic import rd
+from rnic.attacks import rng
+
+RADIUS_COEFF = 3.0  # 1 + beta, beta = 2: the relaxed triangle inequality of the paper's code
+_NORMAL = NormalDist()
+
+
+def min_samples(alpha: float, delta: float) -> int:
+    """The fewest prediction samples for which the center can pass its check at all (Delta_1 <= delta)."""
+    return math.ceil(math.log(2 / alpha) / (2 * delta**2))
+
+
+def certified_level(eps: float, sigma: float, delta: float, alpha: float, samples: int) -> float:
+    """The quantile level of the distances to the center that bounds the smoothed output at radius eps."""
+    shift = _NORMAL.cdf(_NORMAL.inv_cdf(0.5 + delta) + eps / sigma)
+    return shift + math.sqrt(math.log(1 / alpha) / (2 * samples))
+
+
+def center_of(samples: Tensor) -> tuple[int, float]:
+    """(index, median distance) of the sample with the smallest median L2 distance to all samples (itself
+    included, as the paper's code counts it); ties go to the first."""
+    flat = samples.flatten(1).double()
+    distances = torch.cdist(flat, flat)
+    medians = distances.quantile(0.5, dim=1)  # the mean of the two middle values for an even count
+    index = int(medians.argmin())
+    return index, float(medians[index])
+
+
+class CenterSmoothing(nn.Module):
+    """`defense=center_smoothing`: Gaussian noise of `sigma` on the input, `samples` noisy copies for the
+    center and as many for its check, `certify_samples` for a certificate, confidence 1 - `alpha` each;
+    `delta` the margin over half of the mass. `batch`: noisy copies per codec forward. `seed`: the noise of
+    the encoder's draws (per image: every image draws what it would draw alone)."""
+
+    name = "center_smoothing"
+    random = True
+
+    def __init__(
+        self,
+        sigma: float = 0.05,
+        samples: int = 200,
+        certify_samples: int = 1000,
+        alpha: float = 0.05,
+        delta: float = 0.1,
+        batch: int = 50,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"defense.center_smoothing.sigma={sigma} must be > 0")
+        if not 0 < alpha < 1:
+            raise ValueError(f"defense.center_smoothing.alpha={alpha} must be in (0, 1)")
+        if not 0 < delta < 0.5:
+            raise ValueError(f"defense.center_smoothing.delta={delta} must be in (0, 0.5)")
+        needed = min_samples(alpha, delta)
+        if int(samples) < needed:
+            raise ValueError(
+                f"defense.center_smoothing.samples={samples} is below the {needed} that alpha={alpha} and "
+                f"delta={delta} need (ln(2 / alpha) / (2 delta^2)): the center could never pass its check"
+            )
+        for key, value in (("certify_samples", certify_samples), ("batch", batch)):
+            if int(value) < 1:
+                raise ValueError(f"defense.center_smoothing.{key}={value} must be >= 1")
+        self.sigma = float(sigma)
+        self.samples = int(samples)
+        self.certify_samples = int(certify_samples)
+        self.alpha = float(alpha)
+        self.delta = float(delta)
+        self.batch = int(batch)
+        self.seed = int(seed)
+
+    def noisy(self, x: Tensor, generators: list[torch.Generator]) -> Tensor:
+        return x + self.sigma * rng.randn(generators, tuple(x.shape[1:]), x)
+
+    @torch.no_grad()
+    def reconstructions(self, codec: nn.Module, image: Tensor, count: int, generator: torch.Generator):
+        """(noisy copies, their reconstructions) of one image (3, H, W): `count` draws, `batch` per forward
+        (the eval-mode forward rounds as the real coder does)."""
+        copies, recons = [], []
+        for start in range(0, count, self.batch):
+            n = min(self.batch, count - start)
+            noise = torch.randn((n, *image.shape), generator=generator, device=generator.device)
+            copy = image[None] + self.sigma * noise.to(image)
+            copies.append(copy)
+            recons.append(rd.forward_padded(codec, copy)[0].clamp(0, 1))
+        return torch.cat(copies), torch.cat(recons)
+
+    def generator(self, image_index_seed: int, device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(image_index_seed)
+
+    @torch.no_grad()
+    def predict(self, codec: nn.Module, image: Tensor) -> dict:
+        """The center of one image: its noisy copy (what the encoder codes), its reconstruction, the median
+        radius, and whether the ball of that radius holds enough fresh samples (else: abstain)."""
+        device = image.device if image.device.type == "cpu" else "cpu"
+        copies, recons = self.reconstructions(codec, image, self.samples, self.generator(self.seed, device))
+        index, radius = center_of(recons)
+        center = recons[index]
+        _, check = self.reconstructions(codec, image, self.samples, self.generator(self.seed + 1, device))
+        inside = float(((check - center).flatten(1).double().norm(dim=1) <= radius).double().mean())
+        margin = math.sqrt(math.log(2 / self.alpha) / (2 * self.samples))
+        abstain = max(margin, 0.5 - (inside - margin)) > self.delta
+        return {
+            "copy": copies[index],
+            "center": center,
+            "radius": radius,
+            "inside": inside,
+            "abstain": abstain,
+        }
+
+    @torch.no_grad()
+    def certify(
+        self, codec: nn.Module, image: Tensor, center: Tensor, budgets: Sequence[float]
+    ) -> list[dict]:
+        """Per input radius eps (L2 on [0, 1] samples): the certified bound on the smoothed reconstruction's
+        move (L2, and as a PSNR floor against the clean smoothed reconstruction), or abstain."""
+        device = image.device if image.device.type == "cpu" else "cpu"
+        _, recons = self.reconstructions(
+            codec, image, self.certify_samples, self.generator(self.seed + 2, device)
+        )
+        distances = (recons - center).flatten(1).double().norm(dim=1)
+        values = image.numel()
+        records = []
+        for eps in budgets:
+            level = certified_level(float(eps), self.sigma, self.delta, self.alpha, self.certify_samples)
+            record = {"eps": float(eps), "eps_psnr": psnr_of_l2(float(eps), values), "level": level}
+            if level > 1:
+                record.update(bound_l2=None, psnr_floor=None, abstain=True)
+            else:
+                bound = RADIUS_COEFF * float(distances.quantile(level))
+                record.update(bound_l2=bound, psnr_floor=psnr_of_l2(bound, values), abstain=False)
+            records.append(record)
+        return records
+
+
+def psnr_of_l2(norm: float, values: int) -> float | None:
+    """The PSNR (peak 1) of a difference of L2 norm `norm` over `values` samples (None for no difference)."""
+    return None if norm <= 0 else 10 * math.log10(values / norm**2)
+
+
+class SmoothedCodec(nn.Module):
+    """`codec` behind center smoothing, with CompressAI's interface. `compress` sends, per image, the
+    stream of its center copy (nothing else: `decompress` is the codec's own); `forward` reconstructs one
+    noisy copy per call (random: attacks average `eot_samples` draws); `certify` gives the certificate."""
+
+    def __init__(self, codec: nn.Module, smoothing: CenterSmoothing, eot_samples: int = 8):
+        super().__init__()
+        if int(eot_samples) < 1:
+            raise ValueError(f"attack.eot_samples={eot_samples} must be >= 1")
+        self.codec = codec
+        self.smoothing = smoothing
+        self.names = [smoothing.name]
+        self.eot_samples = int(eot_samples)
+        self.random = True
+        self.last_choice: dict[str, list] = {}
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 1  # the inner codec pads
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Any size: the codec pads inside."""
+
+    def update(self, scale_table=None, force: bool = False) -> bool:
+        return (
+            self.codec.update(force=force) if scale_table is None else self.codec.update(scale_table, force)
+        )
+
+    def aux_loss(self) -> Tensor:
+        return self.codec.aux_loss()
+
+    def forward(self, x: Tensor) -> dict:
+        generators = rng.image_generators(x.shape[0], x.device)
+        x_hat, likelihoods, _ = rd.forward_padded(self.codec, self.smoothing.noisy(x, generators))
+        return {"x_hat": x_hat, "likelihoods": likelihoods}
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict:
+        """Each image's center copy, coded for real."""
+        with rd.evaluating(self.codec):  # the real rounding, whatever mode the codec was left in
+            predictions = [self.smoothing.predict(self.codec, image) for image in x]
+        self.last_choice = {  # per image, into attack.py's records (rnic.robustness.code_pair)
+            "smoothing_abstain": [p["abstain"] for p in predictions],
+            "smoothing_radius": [p["radius"] for p in predictions],
+        }
+        copies = torch.stack([p["copy"] for p in predictions])
+        padded, unpadding = rd.pad(copies, rd.stride(self.codec))
+        encoded = self.codec.compress(padded)
+        return {"strings": encoded["strings"], "shape": {"inner": encoded["shape"], "unpadding": unpadding}}
+
+    @torch.no_grad()
+    def decompress(self, strings: list, shape: dict) -> dict:
+        x_hat = self.codec.decompress(strings, shape["inner"])["x_hat"]
+        return {"x_hat": rd.unpad(x_hat, shape["unpadding"]).clamp(0, 1)}
+
+
+def certify_images(
+    smoothed: SmoothedCodec, x: Tensor, clean_hat: Tensor, adv_hat: Tensor, records: list[dict], budgets
+) -> None:
+    """Add to each image's record its certificate (`certified`: one entry per input radius, all abstaining
+    where the center failed its check) and the empirical move of its smoothed reconstruction under the
+    attack (`psnr_adv_vs_clean`), to set beside the certified PSNR floor."""
+    for row, record in enumerate(records):
+        with rd.evaluating(smoothed.codec):
+            certified = smoothed.smoothing.certify(smoothed.codec, x[row], clean_hat[row].to(x), budgets)
+        if record.get("smoothing_abstain_clean"):
+            for entry in certified:
+                entry.update(bound_l2=None, psnr_floor=None, abstain=True)
+        record["certified"] = certified
+        record["psnr_adv_vs_clean"] = rd.finite_or_none(
+            rd.psnr(adv_hat[row : row + 1], clean_hat[row : row + 1])[0]
+        )
+
+
+def certified_means(records: list[dict]) -> list[dict]:
+    """Per input radius: the mean certified bound and PSNR floor over the images that got a certificate,
+    and how many abstained."""
+    by_eps: dict[float, list[dict]] = {}
+    for record in records:
+        for entry in record.get("certified") or []:
+            by_eps.setdefault(entry["eps"], []).append(entry)
+    means = []
+    for eps, entries in by_eps.items():
+        kept = [e for e in entries if not e["abstain"]]
+        means.append(
+            {
+                "eps": eps,
+                "eps_psnr": _mean([e["eps_psnr"] for e in entries]),
+                "bound_l2": _mean([e["bound_l2"] for e in kept]),
+                "psnr_floor": _mean([e["psnr_floor"] for e in kept]),
+                "abstained": len(entries) - len(kept),
+                "images": len(entries),
+            }
+        )
+    return means
+
+
+def certificate_columns(record: dict) -> dict:
+    """A record's certificate as flat CSV columns, one per radius."""
+    return {f"psnr_floor@{e['eps']:g}": e["psnr_floor"] for e in record.get("certified") or []}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def certificate_table(means: list[dict]) -> str:
+    lines = [
+        "\ncertified (center smoothing): no perturbation within eps moves the smoothed reconstruction below"
+    ]
+    lines.append(
+        f"{'eps (L2)':>9} {'input PSNR':>11} {'bound (L2)':>11} {'PSNR floor':>11} {'abstained':>10}"
+    )
+    for m in means:
+        show = [
+            f"{v:.2f}" if v is not None else "n/a" for v in (m["eps_psnr"], m["bound_l2"], m["psnr_floor"])
+        ]
+        lines.append(
+            f"{m['eps']:>9g} {show[0]:>11} {show[1]:>11} {show[2]:>11} {m['abstained']:>4}/{m['images']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Center smoothing: the defended codec sends a real stream of its center copy, its certificate follows the
+paper's procedure, and no adaptive attack within the radius moves it past the certified bound."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rnic import rd
+from rnic.adversarial import rd_step
+from rnic.attacks import NoAttack
+from rnic.coding import compress_decompress
+from rnic.methods import NoiseTraining
+from rnic.smoothing import CenterSmoothing, SmoothedCodec, center_of, certified_level, min_samples
+from tests.conftest import compose_config
+
+# Small enough for the suite; alpha small enough that the honesty test cannot flake.
+SMOOTHING = ["defense=center_smoothing", "defense.center_smoothing.sigma=0.1",
+             "defense.center_smoothing.samples=100", "defense.center_smoothing.certify_samples=1000",
+             "defense.center_smoothing.alpha=0.001", "defense.center_smoothing.delta=0.3"]  # fmt: skip
+
+
+def smoothing_cfg(tmp_path, checkpoint, *overrides):
+    return compose_config(
+        tmp_path, "model=bmshj2018_hyperprior", "model.N=32", "model.M=48", f"model.weights={checkpoint}",
+        "data.val_crop=64", "max_images=2", *SMOOTHING, *overrides, config_name="attack",
+    )  # fmt: skip
+
+
+def test_the_center_is_the_sample_with_the_smallest_median_distance():
+    points = torch.tensor([[0.0], [1.0], [1.1], [1.2], [5.0]])
+    index, radius = center_of(points)
+    assert index == 2 and radius == pytest.approx(0.1)
+    assert min_samples(0.005, 0.05) == 1199  # the paper's defaults: ln(400) / 0.005 = 1198.3
+    assert certified_level(1.0, 1.0, 0.05, 0.005, 10**6) == pytest.approx(0.8698 + 0.0016276, abs=1e-4)
+
+
+def test_the_smoothed_codec_sends_the_stream_of_its_center_copy(trained_codec, photos):
+    smoothing = CenterSmoothing(sigma=0.05, samples=40, alpha=0.1, delta=0.2, batch=16)
+    smoothed = SmoothedCodec(trained_codec, smoothing)
+    x = photos[..., :64, :64]
+    x_hat, bpp = compress_decompress(smoothed, x)
+    for i in range(len(x)):
+        prediction = smoothing.predict(trained_codec, x[i])
+        alone, bpp_alone = compress_decompress(trained_codec, prediction["copy"][None])
+        assert float(bpp[i]) == float(bpp_alone)  # the very stream of the center copy
+        assert torch.allclose(x_hat[i : i + 1], alone, atol=1e-5)  # decoded in a batch of 2 or alone
+        assert torch.allclose(x_hat[i], prediction["center"], atol=1e-5)  # forward and decoded agree
+    assert torch.equal(compress_decompress(smoothed, x[1:])[1], bpp[1:])  # batch-independent choice
+
+
+def test_bad_settings_are_refused_before_any_image_is_coded(tmp_path, trained_checkpoint):
+    from rnic.robustness import evaluate_robustness
+
+    for overrides, message in (
+        (["defense.center_smoothing.sigma=0"], r"defense\.center_smoothing\.sigma=0 must be > 0"),
+        (["defense.center_smoothing.samples=30"], r"defense\.center_smoothing\.samples=30 is below the 43"),
+        (["certify.enabled=true", "certify.eps=[-1]", "attack=none"], r"certify\.eps=\[-1\]"),
+        (
+            ["certify.enabled=true", "attack=apgd", "attack.threat=linf"],
+            r"attack\.threat=linf: the certificate",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            evaluate_robustness(smoothing_cfg(tmp_path, trained_checkpoint, *overrides))
+        assert not any(tmp_path.iterdir())
+    cfg = compose_config(tmp_path, "model=jpeg", "certify.enabled=true", "attack=none", config_name="attack")
+    with pytest.raises(ValueError, match=r"certify=true needs defense=center_smoothing"):
+        evaluate_robustness(cfg)
+
+
+def test_no_adaptive_attack_moves_the_smoothed_reconstruction_past_its_certificate(
+    tmp_path, trained_checkpoint
+):
+    """APGD under the L2 threat at the certified radius, through the smoothing with EOT, on real bitstreams:
+    the attacked smoothed reconstruction stays within the certified PSNR floor of the clean one."""
+    from rnic.card import check_card
+    from rnic.robustness import evaluate_robustness
+
+    attack = [
+        "attack=apgd",
+        "attack.threat=l2",
+        "attack.eps=0.05",
+        "attack.steps=10",
+        "attack.eot_samples=4",
+        "attack.round_8bit=false",
+    ]  # at this radius 8-bit delivery would round the perturbation away
+    cfg = smoothing_cfg(
+        tmp_path, trained_checkpoint, *attack, "certify.enabled=true", "certify.eps=[0.025,0.05]"
+    )
+    evaluate_robustness(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for record in results["images"]:
+        at_eps = next(c for c in record["certified"] if c["eps"] == 0.05)
+        assert not at_eps["abstain"], record["certified"]
+        assert record["psnr_in"] == pytest.approx(at_eps["eps_psnr"], abs=0.05)  # the whole radius used
+        moved = record["psnr_adv_vs_clean"]  # None: the smoothed reconstruction did not move at all
+        assert moved is None or moved >= at_eps["psnr_floor"], (moved, at_eps)
+        assert at_eps["eps_psnr"] == pytest.approx(10 * math.log10(3 * 64 * 64 / 0.05**2))
+        smaller = next(c for c in record["certified"] if c["eps"] == 0.025)
+        assert smaller["psnr_floor"] >= at_eps["psnr_floor"]  # a larger radius never certifies more
+    assert [c["eps"] for c in results["certified"]] == [0.025, 0.05] and check_card(tmp_path) == []
+    assert "psnr_floor@0.05" in (tmp_path / "results.csv").read_text().splitlines()[0]
+
+
+def test_noise_training_reconstructs_the_source_from_noisy_inputs(trained_codec, photos):
+    method = NoiseTraining(NoAttack(trained_codec), sigma=0.1, ratio=1.0)
+    module = SimpleNamespace(codec=trained_codec, lmbda=0.0067, metric="mse", global_step=3, global_rank=0)
+    x = photos[..., :64, :64]
+    step = method.training_loss(module, x)
+    assert step.targets is x and not method.validate
+    generator = torch.Generator().manual_seed(method.seed(3, 0))
+    noisy = x + 0.1 * torch.randn(x.shape, generator=generator)
+    assert step.loss == pytest.approx(float(rd_step(trained_codec, noisy, x, 0.0067, "mse").loss), rel=1e-5)
+    with pytest.raises(ValueError, match=r"adv\.sigma=0 must be > 0"):
+        NoiseTraining(NoAttack(trained_codec), sigma=0)
+    assert rd.psnr(x, noisy).mean() < 25  # the inputs really are noisy
