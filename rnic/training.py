@@ -45,6 +45,9 @@ FINAL_TABLE = (
     ("psnr_in", "input PSNR [dB]", "{:.2f}"),
     ("vi", "VI [dB]", "{:.2f}"),
 )
+# What a training run writes into its folder (Hydra's record and log included).
+RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard", "wandb", "robust_eval", "final_metrics.json", "card.json",
+               "config.yaml", ".hydra", "train.log")  # fmt: skip
 # What a resumed run always takes from the command line rather than from the checkpoint's config.
 RUN_KEYS = ("paths", "ckpt_path", "hydra")
 # ... and also from a run folder's config.yaml, whose paths were resolved to the old folder.
@@ -103,9 +106,11 @@ def plain_metrics(metrics: dict) -> dict:
 
 
 def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
-    """A fresh start never writes over another run: a used folder takes a resume of its own run
-    (`ckpt_path=` inside it), or `overwrite=true`, which deletes the old run's files first."""
-    if rank_zero_only.rank != 0 or not output_dir.is_dir() or not any(output_dir.iterdir()):
+    """A fresh start never writes over another run: a folder holding a run's outputs takes a resume of its
+    own run (`ckpt_path=` inside it), or `overwrite=true`, which deletes those outputs first (and nothing
+    else the folder holds)."""
+    outputs = [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if rank_zero_only.rank != 0 or not outputs:
         return  # DDP's other ranks run in rank 0's folder
     ckpt = cfg.get("ckpt_path")
     if ckpt and Path(ckpt).resolve().is_relative_to(output_dir.resolve()):
@@ -117,7 +122,7 @@ def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
             f"with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, choose another hydra.run.dir, "
             "or start over in it with overwrite=true (deletes its checkpoints and metrics)"
         )
-    for path in output_dir.iterdir():
+    for path in outputs:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

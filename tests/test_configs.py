@@ -37,7 +37,7 @@ def test_model_options_build_their_codec(tmp_path, model):
 
 
 def test_lambda_follows_metric_and_quality_unless_given(tmp_path):
-    cfg = compose_config(tmp_path, "model.metric=ms-ssim", "model.quality=5")
+    cfg = compose_config(tmp_path, "model=bmshj2018_hyperprior", "model.metric=ms-ssim", "model.quality=5")
     assert instantiate(cfg.module, codec=codec_from_config(cfg)).lmbda == 31.73
     cfg = compose_config(tmp_path, "model.lmbda=0.5")
     assert instantiate(cfg.module, codec=codec_from_config(cfg)).lmbda == 0.5

@@ -186,7 +186,13 @@ def attack_overrides(checkpoint, *more, attack=("attack=linf", "attack.steps=2")
     ("change", "named"),
     [
         (
-            ["model=bmshj2018_factorized", "model.weights=null", "model.N=16", "model.M=16"],
+            [
+                "model=bmshj2018_factorized",
+                "model.weights=null",
+                "model.N=16",
+                "model.M=16",
+                "model.allow_random_init=true",
+            ],
             "model.codec.arch",
         ),
         (["attack.round_8bit=false"], "attack.round_8bit"),

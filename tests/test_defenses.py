@@ -24,6 +24,7 @@ from rnic.defenses import (
     dihedral,
     inverse_dihedral,
     measure_latent_ranges,
+    ranges_file,
     read_latent_ranges,
     save_latent_ranges,
 )
@@ -155,8 +156,9 @@ def test_latent_clamp_ranges_survive_save_and_load_and_clamp_y(tiny_codec, photo
     ranges = measure_latent_ranges(tiny_codec, [photos])
     checkpoint = tmp_path / "codec.ckpt"
     torch.save({"state_dict": {}, "rnic": {"codec_class": "ScaleHyperprior"}}, checkpoint)
-    save_latent_ranges(checkpoint, ranges)
-    assert read_latent_ranges(checkpoint) == ranges
+    save_latent_ranges(ranges_file(checkpoint), ranges)  # beside the weights, found from them
+    read = read_latent_ranges(checkpoint)
+    assert {k: read[k] for k in ranges} == ranges and read["file"] == str(ranges_file(checkpoint))
     clamp = LatentClamp(ranges_from=str(checkpoint))
     codec = DefendedCodec(tiny_codec, [clamp])
     loaded = DefendedCodec(tiny_codec, [LatentClamp(low=[0.0] * 24, high=[0.0] * 24)])

@@ -72,6 +72,7 @@ def test_transfer_round_trip(tmp_path, trained_checkpoint):
             f"attack.load_from={source}",
             "model=bmshj2018_factorized",
             "model.weights=null",
+            "model.allow_random_init=true",
             "model.N=16",
             "model.M=16",
         )

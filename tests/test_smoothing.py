@@ -115,7 +115,9 @@ def test_noise_training_reconstructs_the_source_from_noisy_inputs(trained_codec,
     assert step.targets is x and not method.validate
     generator = torch.Generator().manual_seed(method.seed(3, 0))
     noisy = x + 0.1 * torch.randn(x.shape, generator=generator)
-    assert step.loss == pytest.approx(float(rd_step(trained_codec, noisy, x, 0.0067, "mse").loss), rel=1e-5)
+    assert float(step.loss) == pytest.approx(
+        float(rd_step(trained_codec, noisy, x, 0.0067, "mse").loss), rel=1e-5
+    )
     with pytest.raises(ValueError, match=r"adv\.sigma=0 must be > 0"):
         NoiseTraining(NoAttack(trained_codec), sigma=0)
     assert rd.psnr(x, noisy).mean() < 25  # the inputs really are noisy

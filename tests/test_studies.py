@@ -39,7 +39,7 @@ def test_a_training_sweep_reports_its_failed_job_and_keeps_the_others(tmp_path):
     final = json.loads((sweep / "0" / "final_metrics.json").read_text())
     assert float(row["final_clean_psnr"]) == pytest.approx(final["val/clean/psnr"])
     assert float(row["start_clean_psnr"]) == pytest.approx(final["start"]["val/clean/psnr"])
-    assert row["quality"] == "3" and row["codec"] == "bmshj2018_hyperprior"
+    assert row["quality"] == "3" and row["codec"] == "bmshj2018_hyperprior_cpu"
     assert "sweep/1" in (report / "report.md").read_text()
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "Failed jobs" in page

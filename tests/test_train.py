@@ -99,10 +99,11 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_
     train(tiny_cfg("trainer.max_steps=4"))
     last = tmp_path / "checkpoints" / "last.ckpt"
     good = last.read_bytes()
-    # A new run in the same folder: Adam moves every weight by ~lr, and 1e30 overflows the codec at once.
+    # The run resumed with a lambda that overflows the loss at once (lambda * 255^2 * MSE > 3.4e38).
     cfg = tiny_cfg(
-        "module.optimizer.lr=1e30", "trainer.max_steps=8", "callbacks.last_checkpoint.every_n_train_steps=1"
-    )
+        f"ckpt_path={last}", "model.lmbda=1e38", "trainer.max_steps=8",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    )  # fmt: skip
     with pytest.raises(FloatingPointError, match=r"train/(aux_)?loss is not finite at step \d"):
         train(cfg)
     assert last.read_bytes() == good  # the good checkpoint is untouched

@@ -1,0 +1,80 @@
+"""The CPU codecs shipped inside the package: they load offline through model.pretrained=true and code
+the val photos to exactly the bitstreams their cards record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.transforms import v2
+
+from rnic import rd
+from rnic.codecs import build_codec, qualities, rd_lambda, shipped_weights
+from rnic.coding import compress_decompress
+from rnic.config import file_sha256
+from rnic.data import SampleImages, read_image
+from tests.conftest import compose_config
+
+ARCH = "bmshj2018_hyperprior_cpu"
+
+
+def card_of(quality: int) -> dict:
+    return json.loads(shipped_weights(ARCH, "mse", quality).with_suffix(".json").read_text())
+
+
+@pytest.fixture(scope="module")
+def val_crops() -> torch.Tensor:
+    return torch.stack([v2.CenterCrop(256)(read_image(p)) for p in SampleImages().splits()["val"]])
+
+
+@pytest.mark.parametrize("quality", qualities(ARCH))
+def test_shipped_weights_code_the_bitstreams_their_card_records(quality, val_crops):
+    card = card_of(quality)
+    assert file_sha256(shipped_weights(ARCH, "mse", quality)) == card["sha256"]
+    assert rd_lambda("mse", quality, ARCH) == card["lmbda"]
+    codec = build_codec(ARCH, quality=quality, pretrained=True).eval()
+    codec.update(force=True)
+    x_hat, bpp = compress_decompress(codec, val_crops)
+    assert bpp.tolist() == card["clean"]["learned"]["bpp"]  # the very same bytes
+    assert rd.psnr(x_hat, val_crops).tolist() == pytest.approx(card["clean"]["learned"]["psnr"], abs=1e-4)
+
+
+def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
+    cards = [card_of(q) for q in qualities(ARCH)]
+    rates = [c["means"]["learned"]["bpp"] for c in cards]
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    for card in cards:  # the card's own JPEG figures, per image at that image's learned rate
+        assert card["means"]["learned"]["psnr"] > card["means"]["jpeg"]["psnr"], card["file"]
+
+
+def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path):
+    from rnic.robustness import evaluate_robustness
+
+    cfg = compose_config(tmp_path, "attack=none", "max_images=1", config_name="attack")  # attack.py's default
+    evaluate_robustness(cfg)
+    path = shipped_weights(ARCH, "mse", 2)
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["weights"] == {"pretrained": True, "file": str(path), "sha256": file_sha256(path)}
+    config = OmegaConf.load(tmp_path / "config.yaml")
+    assert config.model.pretrained_file == str(path) and config.model.pretrained_sha256 == file_sha256(path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["key"]["weights_sha256"] == file_sha256(path)
+    assert results["mean"]["psnr_clean"] == pytest.approx(card_of(2)["clean"]["learned"]["psnr"][0], abs=1e-4)
+
+
+def test_a_codec_without_weights_is_refused_by_attack_py_unless_asked_for(tmp_path):
+    from rnic.robustness import evaluate_robustness
+
+    random_init = ("model=bmshj2018_hyperprior", "model.N=16", "model.M=24", "attack=none", "max_images=1")
+    with pytest.raises(ValueError, match=r"neither model\.weights nor model\.pretrained=true"):
+        evaluate_robustness(compose_config(tmp_path, *random_init, config_name="attack"))
+    assert not any(tmp_path.iterdir())
+    cfg = compose_config(tmp_path, *random_init, "model.allow_random_init=true", config_name="attack")
+    (mean,) = evaluate_robustness(cfg)
+    assert mean["images"] == 1
+    with pytest.raises(ValueError, match=r"cannot be combined with model\.pretrained=true"):
+        build_codec(ARCH, quality=2, pretrained=True, N=32)
+    with pytest.raises(ValueError, match=r"model\.quality=4 is out of range for bmshj2018_hyperprior_cpu"):
+        build_codec(ARCH, quality=4)
