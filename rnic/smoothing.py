@@ -66,7 +66,7 @@ class CenterSmoothing(nn.Module):
         samples: int = 200,
         certify_samples: int = 1000,
         alpha: float = 0.05,
-        delta: float = 0.1,
+        delta: float = 0.2,
         batch: int = 50,
         seed: int = 0,
     ):
