@@ -132,16 +132,17 @@ def matched_reference(x: Tensor, bpp: Sequence[float], formats: Sequence[str] = 
     """Classical coders at a learned codec's rate, per image: each image of `x` (B, 3, H, W) coded at the
     highest quality whose real rate is within that image's `bpp` (one target for all images would let rate
     allocation decide). Returns, per format, the decoded PSNR and real bpp of each image."""
-    from rnic import rd  # torch-only helpers; imported here to keep this module's import light
+    from rnic import rd
+    from rnic.coding import compress_decompress
 
     figures = {}
     for name in formats:
         psnr, rate = [], []
-        for image, target in zip(x, bpp, strict=True):
-            coder = ClassicalCodec(name, target_bpp=float(target))
-            encoded = coder.compress(image[None])
-            decoded = coder.decompress(encoded["strings"], encoded["shape"])["x_hat"]
-            psnr.append(rd.finite_or_none(rd.psnr(decoded, image[None].cpu())[0]))
-            rate.append(8 * len(encoded["strings"][0][0]) / (x.shape[-2] * x.shape[-1]))
+        for image, target in zip(x.cpu(), bpp, strict=True):
+            decoded, real_bpp = compress_decompress(
+                ClassicalCodec(name, target_bpp=float(target)), image[None]
+            )
+            psnr.append(rd.finite_or_none(rd.psnr(decoded, image[None])[0]))
+            rate.append(float(real_bpp[0]))
         figures[name] = {"psnr": psnr, "bpp": rate}
     return figures

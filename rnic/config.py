@@ -48,13 +48,6 @@ def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
     return codec
 
 
-def has_weights(cfg: DictConfig) -> bool:
-    """Whether the configured codec is anything but randomly initialised (classical coders always are)."""
-    model = cfg.model
-    learned = model.codec.get("_target_") != "rnic.classical.ClassicalCodec"
-    return not learned or bool(model.get("weights") or model.get("pretrained"))
-
-
 def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
     """Split an `attack=` config into (attack constructor config, run options, budgets)."""
     spec = OmegaConf.to_container(attack, resolve=True)

@@ -7,6 +7,7 @@ import inspect
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.ops import compute_padding
@@ -77,6 +78,12 @@ NEGATIVE_VI = (
     "a negative VI: the attacked reconstruction is closer to the clean one than the attacked input is to "
     "the source (the codec absorbed the perturbation, common on weak codecs)"
 )
+
+
+def mean_or_none(values) -> float | None:
+    """The mean of the values that are not None (undefined figures), or None if there are none."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def finite_or_none(value) -> float | None:

@@ -24,7 +24,7 @@ from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.card import build_card, write_card
 from rnic.classical import FORMATS, REFERENCES, ClassicalCodec, matched_reference, reference_line
 from rnic.coding import coder_on, compress_decompress, device_of
-from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256, has_weights
+from rnic.config import attack_spec, build, build_attacks, codec_from_config, file_sha256
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
 from rnic.defenses import build_defenses, defended
 from rnic.io import atomic_write, write_csv, write_json, write_png
@@ -127,8 +127,8 @@ def member_table(records: list[dict]) -> dict[str, dict]:
     return {
         name: {
             "wins": row["wins"],
-            "psnr_adv": float(np.mean(row["psnr_adv"])) if row["psnr_adv"] else None,
-            "vi": float(np.mean(row["vi"])) if row["vi"] else None,
+            "psnr_adv": rd.mean_or_none(row["psnr_adv"]),
+            "vi": rd.mean_or_none(row["vi"]),
             "skipped": row["skipped"],
         }
         for name, row in table.items()
@@ -183,8 +183,7 @@ def mean_of(records: list[dict]) -> dict:
     optional = (*DEFENSE_COLUMNS, *RATE_COLUMNS, *REFERENCE_COLUMNS, "psnr_adv_vs_clean")
     present = [c for c in optional if any(c in r for r in records)]
     for column in (*COLUMNS, *present):
-        values = [r[column] for r in records if r.get(column) is not None]
-        means[column] = float(np.mean(values)) if values else None
+        means[column] = rd.mean_or_none(r.get(column) for r in records)
     means["images"] = len(records)
     return means
 
@@ -357,15 +356,19 @@ class Evaluation:
         self.dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None)
         self.names = names
         self.sizes = [(crop, crop) if crop else image_size(path) for path in files]
-        if not has_weights(cfg) and not cfg.model.get("allow_random_init"):
-            raise ValueError(
-                f"model={cfg.model.codec.get('arch') or cfg.model.codec._target_} has neither model.weights "
-                "nor "
-                "model.pretrained=true: attacking a randomly initialised codec measures nothing "
-                "(model.allow_random_init=true to do it anyway)"
-            )
         defenses = build_defenses(cfg.get("defense"))  # a bad defence setting fails here
         self.codec = codec_from_config(cfg).to(self.device).eval()
+        untrained = not (cfg.model.get("weights") or cfg.model.get("pretrained"))
+        if (
+            untrained
+            and not isinstance(self.codec, ClassicalCodec)
+            and not cfg.model.get("allow_random_init")
+        ):
+            raise ValueError(
+                f"model={cfg.model.codec.get('arch') or cfg.model.codec._target_} has neither "
+                "model.weights nor model.pretrained=true: attacking a randomly initialised codec measures "
+                "nothing (model.allow_random_init=true to do it anyway)"
+            )
         self.codec.update(force=True)
         # Behind a defence, every figure comes from the defended pipeline; the attack goes through it
         # (adaptive) or against the undefended codec (attack.adaptive=false).

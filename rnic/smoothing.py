@@ -110,18 +110,18 @@ class CenterSmoothing(nn.Module):
             recons.append(rd.forward_padded(codec, copy)[0].clamp(0, 1))
         return torch.cat(copies), torch.cat(recons)
 
-    def generator(self, image_index_seed: int, device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(image_index_seed)
+    def generator(self, draw: int) -> torch.Generator:
+        """The CPU generator of one of the three sample sets (0: center, 1: its check, 2: certificate)."""
+        return torch.Generator().manual_seed(self.seed + draw)
 
     @torch.no_grad()
     def predict(self, codec: nn.Module, image: Tensor) -> dict:
         """The center of one image: its noisy copy (what the encoder codes), its reconstruction, the median
         radius, and whether the ball of that radius holds enough fresh samples (else: abstain)."""
-        device = image.device if image.device.type == "cpu" else "cpu"
-        copies, recons = self.reconstructions(codec, image, self.samples, self.generator(self.seed, device))
+        copies, recons = self.reconstructions(codec, image, self.samples, self.generator(0))
         index, radius = center_of(recons)
         center = recons[index]
-        _, check = self.reconstructions(codec, image, self.samples, self.generator(self.seed + 1, device))
+        _, check = self.reconstructions(codec, image, self.samples, self.generator(1))
         inside = float(((check - center).flatten(1).double().norm(dim=1) <= radius).double().mean())
         margin = math.sqrt(math.log(2 / self.alpha) / (2 * self.samples))
         abstain = max(margin, 0.5 - (inside - margin)) > self.delta
@@ -139,10 +139,7 @@ class CenterSmoothing(nn.Module):
     ) -> list[dict]:
         """Per input radius eps (L2 on [0, 1] samples): the certified bound on the smoothed reconstruction's
         move (L2, and as a PSNR floor against the clean smoothed reconstruction), or abstain."""
-        device = image.device if image.device.type == "cpu" else "cpu"
-        _, recons = self.reconstructions(
-            codec, image, self.certify_samples, self.generator(self.seed + 2, device)
-        )
+        _, recons = self.reconstructions(codec, image, self.certify_samples, self.generator(2))
         distances = (recons - center).flatten(1).double().norm(dim=1)
         values = image.numel()
         records = []
@@ -250,9 +247,9 @@ def certified_means(records: list[dict]) -> list[dict]:
         means.append(
             {
                 "eps": eps,
-                "eps_psnr": _mean([e["eps_psnr"] for e in entries]),
-                "bound_l2": _mean([e["bound_l2"] for e in kept]),
-                "psnr_floor": _mean([e["psnr_floor"] for e in kept]),
+                "eps_psnr": rd.mean_or_none([e["eps_psnr"] for e in entries]),
+                "bound_l2": rd.mean_or_none([e["bound_l2"] for e in kept]),
+                "psnr_floor": rd.mean_or_none([e["psnr_floor"] for e in kept]),
                 "abstained": len(entries) - len(kept),
                 "images": len(entries),
             }
@@ -263,11 +260,6 @@ def certified_means(records: list[dict]) -> list[dict]:
 def certificate_columns(record: dict) -> dict:
     """A record's certificate as flat CSV columns, one per radius."""
     return {f"psnr_floor@{e['eps']:g}": e["psnr_floor"] for e in record.get("certified") or []}
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def certificate_table(means: list[dict]) -> str:

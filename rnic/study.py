@@ -4,12 +4,12 @@ rate points) and its robustness gain under each threat model of `robust_eval`.""
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from rnic import rd
 from rnic.bdrate import bd_psnr, bd_rate
 from rnic.card import read_json
 
@@ -24,13 +24,13 @@ def collect_runs(paths: list[Path]) -> list[dict]:
         for final in sorted(Path(root).rglob("final_metrics.json")):
             data = read_json(final) or {}  # report.collect names the unreadable ones
             if data.get("robust_eval") and data.get("method"):
-                runs.append({"run": str(final.parent), "lmbda": data.get("lmbda"), **data})
+                lmbda = data.get("lmbda")
+                if lmbda is None and (final.parent / "config.yaml").is_file():  # runs that predate "lmbda"
+                    from omegaconf import OmegaConf
+
+                    lmbda = OmegaConf.load(final.parent / "config.yaml").model.get("lmbda")
+                runs.append({"run": str(final.parent), **data, "lmbda": lmbda})
     return runs
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
 
 
 def _bd(function, anchor: list[dict], test: list[dict], threat: str) -> tuple[float | None, str | None]:
@@ -61,10 +61,10 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
         row = {
             "method": method,
             "runs": len(group),
-            "passes": _mean(r["passes"] for r in group),
-            "wall_s": _mean(r.get("train_seconds") for r in group),
-            "clean_psnr": _mean(r["robust_eval"][first]["psnr_clean"] for r in group),
-            "clean_bpp": _mean(r["robust_eval"][first]["bpp_clean"] for r in group),
+            "passes": rd.mean_or_none(r["passes"] for r in group),
+            "wall_s": rd.mean_or_none(r.get("train_seconds") for r in group),
+            "clean_psnr": rd.mean_or_none(r["robust_eval"][first]["psnr_clean"] for r in group),
+            "clean_bpp": rd.mean_or_none(r["robust_eval"][first]["bpp_clean"] for r in group),
         }
         if control:
             row["bd_rate_pct"], why = _bd(bd_rate, control, group, first)
@@ -72,8 +72,8 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
             if why:
                 notes.append(f"{method}: no BD-rate ({why})")
         for threat in threats:
-            row[f"psnr_adv_{threat}"] = _mean(r["robust_eval"][threat]["psnr_adv"] for r in group)
-            row[f"vi_{threat}"] = _mean(r["robust_eval"][threat]["vi"] for r in group)
+            row[f"psnr_adv_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["psnr_adv"] for r in group)
+            row[f"vi_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["vi"] for r in group)
         collapses = [r["fast_collapse_step"] for r in group if r.get("fast_collapse_step") is not None]
         row["collapse"] = f"fast collapsed at step(s) {collapses}" if collapses else ""
         rows.append(row)
