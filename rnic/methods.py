@@ -8,9 +8,18 @@ count of the codec passes they cost.
 - `fast`: a single step of 1.25 x the budget from a uniform random start, guarded against
   catastrophic overfitting by a periodic check against the configured (multi-step) attack.
 - `consistency`: RD loss on clean images + beta * lmbda * D(x_hat(x_adv), x_hat(x)), the
-  adversarial example maximising that distance (TRADES' form).
+  adversarial example maximising that distance (TRADES' form); both reconstructions under the
+  quantisation `adv.proxy` (ste: the real rounding, straight-through gradient), the clean one a fixed
+  reference (`adv.detach`).
 - `teacher`: RD loss on clean images + beta * lmbda * D(x_hat(x_adv), teacher(x)), the teacher a
   frozen copy of the starting codec (or `adv.teacher=PATH` of the same architecture).
+- `latent`: RD loss on clean images + beta * MSE(g_a(x_adv), g_a(x)) in quantisation bins: the
+  analysis transform made insensitive to the perturbation, with no decoder pass in its term.
+
+consistency, teacher and latent take their adversarial examples from the configured attack or, with
+`adv.adversary=single_step`, from one random-start step (as `fast`), which leaves most of the compute to
+optimizer updates. Every method takes `adv.train=all|encoder|decoder` (applied by the training job, the
+control included): encoder-only keeps the decoder and the bitstream format of the starting codec.
 
 Passes. One pass is one forward of the codec whose graph a backward then runs through, on as many
 images as the training batch holds: an attack step on half of the batch is half a pass, a replay of
@@ -38,7 +47,10 @@ from rnic.codecs import load_codec_state, read_codec_state
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "mix", "free", "fast", "consistency", "teacher", "noise")
+METHODS = ("none", "mix", "free", "fast", "consistency", "teacher", "latent", "noise")
+ADVERSARIES = ("attack", "single_step")
+# The parts of a CompressAI codec that learn under `adv.train` (the rest, entropy models included, frozen).
+TRAINED_PARTS = {"encoder": ("g_a", "h_a"), "decoder": ("g_s",)}
 
 
 @dataclass
@@ -48,9 +60,19 @@ class PassCount:
 
 
 @contextmanager
-def count_passes(modules: list[nn.Module], batch_size: int):
-    """Within the block, count the forwards of `modules` (in units of `batch_size` images)."""
+def count_passes(modules: list[nn.Module], batch_size: int, parts: list[nn.Module] = ()):
+    """Within the block, count the forwards of `modules` (in units of `batch_size` images), and those of
+    `parts` (a codec's analysis transform, called alone by `latent`) run outside a forward of `modules`,
+    each counted as a whole pass (an upper bound on its cost)."""
     count = PassCount()
+    depth = [0]  # how many of `modules`' forwards are running
+
+    def enter(module, args):
+        depth[0] += 1
+
+    def leave(module, args, output):
+        depth[0] -= 1
+        hook(module, args, output)
 
     def hook(module, args, output):
         images = args[0].shape[0] / batch_size
@@ -59,12 +81,37 @@ def count_passes(modules: list[nn.Module], batch_size: int):
         else:
             count.forwards += images
 
-    handles = [m.register_forward_hook(hook) for m in modules]
+    def part_hook(module, args, output):
+        if depth[0] == 0:
+            hook(module, args, output)
+
+    handles = [m.register_forward_pre_hook(enter) for m in modules]
+    handles += [m.register_forward_hook(leave) for m in modules]
+    handles += [m.register_forward_hook(part_hook) for m in parts]
     try:
         yield count
     finally:
         for handle in handles:
             handle.remove()
+
+
+def train_only(codec: nn.Module, part: str) -> None:
+    """Freeze every parameter of `codec` outside `part` (`adv.train`): `encoder` (the analysis transforms;
+    decoder, entropy models and so the bitstream format stay the starting codec's), `decoder` (the synthesis
+    transform), or `all`."""
+    if part == "all":
+        return
+    if part not in TRAINED_PARTS:
+        raise ValueError(f"adv.train={part!r} is unknown; choose one of: all, {', '.join(TRAINED_PARTS)}")
+    names = TRAINED_PARTS[part]
+    missing = [name for name in names if not isinstance(getattr(codec, name, None), nn.Module)]
+    if missing:
+        raise ValueError(
+            f"adv.train={part}: {type(codec).__name__} has no {', '.join(missing)} (the {part} of a "
+            "CompressAI codec); use adv.train=all"
+        )
+    for name, param in codec.named_parameters():
+        param.requires_grad_(name.split(".")[0] in names)
 
 
 def threat_of(attack: Attack, method: str) -> Threat:
@@ -189,6 +236,19 @@ class RandomStartFGSM(PGD):
             self.alpha = None
 
 
+def single_step_of(attack: Attack, method: str, objective: Objective | None = None) -> RandomStartFGSM:
+    """The single-step counterpart of `attack`: same threat, budget, proxy, delivery and seed."""
+    return RandomStartFGSM(
+        attack.codec,
+        threat=threat_of(attack, method).name,
+        eps=attack.eps,
+        objective=objective if objective is not None else attack.objective,
+        proxy=attack.proxy,
+        round_8bit=attack.round_8bit,
+        seed=attack.seed,
+    )
+
+
 def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     """The mean value of `attack`'s objective at `x_adv` (no gradient; the codec in eval mode)."""
     codec = attack.codec
@@ -213,16 +273,7 @@ class FastTraining(AdversarialMixing):
             raise ValueError(
                 f"adv.guard_every={guard_every} must be >= 0 and adv.guard_ratio={guard_ratio} > 0"
             )
-        threat = threat_of(attack, self.name)
-        self.single_step = RandomStartFGSM(
-            attack.codec,
-            threat=threat.name,
-            eps=attack.eps,
-            objective=attack.objective,
-            proxy=attack.proxy,
-            round_8bit=attack.round_8bit,
-            seed=attack.seed,
-        )
+        self.single_step = single_step_of(attack, self.name)
         self.guard_every = int(guard_every)
         self.guard_ratio = float(guard_ratio)
         self.collapsed_at: int | None = None
@@ -281,20 +332,68 @@ class FastTraining(AdversarialMixing):
 
 
 class ConsistencyTraining(AdversarialMixing):
-    """`consistency` (TRADES-like): RD loss on the clean batch + beta * lmbda * D(x_hat(x_adv), x_hat(x))
-    on its first `ratio`, D the training metric's distortion (255^2 MSE or 1 - MS-SSIM); the attack
-    maximises D between the adversarial and the clean reconstruction (objective reference=clean)."""
+    """`consistency` (TRADES-like): RD loss on the clean batch + beta * lmbda * D(x_hat(x_adv), reference)
+    on its first `ratio`, D the training metric's distortion (255^2 MSE or 1 - MS-SSIM), the reference the
+    clean reconstruction; the attack maximises D between the adversarial and the clean reconstruction.
+
+    - `proxy`: the quantisation both reconstructions of the term go through: `ste` (the real rounding the
+      attacker faces, straight-through gradient), `skip`, or `noise` (the training forward's own noise,
+      the clean reconstruction of the RD loss reused as the reference).
+    - `detach`: the reference is fixed (no gradient): the term moves the adversarial reconstruction toward
+      the clean one, never the clean one toward the adversarial one.
+    - `adversary`: `attack` (the configured one) or `single_step` (one random-start step of 1.25 x the
+      budget: more optimizer updates for the same passes).
+    """
 
     name = "consistency"
 
-    def __init__(self, attack: Attack, beta: float = 1.0, metric: str = "mse", **kwargs):
-        super().__init__(copy.copy(attack), **kwargs)
+    def __init__(
+        self,
+        attack: Attack,
+        beta: float = 1.0,
+        metric: str = "mse",
+        proxy: str = "ste",
+        detach: bool = True,
+        adversary: str = "attack",
+        **kwargs,
+    ):
+        if proxy not in ("ste", "skip", "noise"):
+            raise ValueError(f"adv.proxy={proxy!r} is unknown; choose one of: ste, skip, noise")
+        if adversary not in ADVERSARIES:
+            choices = ", ".join(ADVERSARIES)
+            raise ValueError(f"adv.adversary={adversary!r} is unknown; choose one of: {choices}")
+        objective = self.attack_objective(attack, metric)
+        if adversary == "single_step":
+            attack = single_step_of(attack, self.name, objective)
+        else:
+            attack = copy.copy(attack)
+            attack.objective = objective
+        super().__init__(attack, **kwargs)
         self.beta = float(beta)
         self.metric = metric
-        self.attack.objective = Objective(kind="distortion", reference="clean", distortion=metric)
+        self.proxy = proxy
+        self.detach = bool(detach)
+        self.adversary = adversary
+
+    def attack_objective(self, attack: Attack, metric: str) -> Objective:
+        """What the adversary maximises: the distance of the adversarial reconstruction to the clean one."""
+        return Objective(kind="distortion", reference="clean", distortion=metric)
 
     def reference(self, module, x: Tensor, clean: Step) -> Tensor:
-        return clean.x_hat[: x.shape[0]]
+        """The clean reconstruction of `x` (the batch's first images) under the term's proxy."""
+        if self.proxy == "noise":
+            reference = clean.x_hat[: x.shape[0]]
+            return reference.detach() if self.detach else reference
+        with torch.set_grad_enabled(not self.detach and torch.is_grad_enabled()):
+            return rd.forward_padded(module.codec, x)[0]
+
+    def term(self, module, source: Tensor, adversarial: Tensor, clean: Step) -> Tensor:
+        """Per image: lmbda * D(x_hat(adversarial), reference)."""
+        with quantization_proxy(module.codec, self.proxy):
+            x_hat_adv = rd.forward_padded(module.codec, adversarial)[0]
+            reference = self.reference(module, source, clean)
+        scale = 255**2 if self.metric == "mse" else 1.0
+        return module.lmbda * scale * distortion(x_hat_adv, reference, self.metric)
 
     def training_loss(self, module, x: Tensor) -> Step:
         n = self.count(x.shape[0])
@@ -308,36 +407,62 @@ class ConsistencyTraining(AdversarialMixing):
             eps=self.budget(module.global_step),
             seed=self.seed(module.global_step, module.global_rank),
         )
-        x_hat_adv = rd.forward_padded(module.codec, adversarial)[0]
-        scale = 255**2 if self.metric == "mse" else 1.0
-        term = module.lmbda * scale * distortion(x_hat_adv, self.reference(module, source, step), self.metric)
+        term = self.term(module, source, adversarial, step)
         step.loss = step.loss + self.beta * term.mean()
         step.logs[f"train/{self.name}_term"] = float(term.detach().mean())
         return step
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", beta={self.beta})"
+        return (
+            super().__repr__()[:-1]
+            + f", beta={self.beta}, proxy={self.proxy}, detach={self.detach}, adversary={self.adversary})"
+        )
 
 
 class TeacherTraining(ConsistencyTraining):
     """`teacher`: the adversarial reconstruction pulled toward a frozen teacher's clean reconstruction
-    (Cao et al.'s idea, in its simple form); the attack is the configured one, against the student."""
+    (Cao et al.'s idea, in its simple form; the teacher codes with its real rounding); the adversary
+    attacks the student with the configured objective."""
 
     name = "teacher"
 
     def __init__(self, attack: Attack, teacher: str | None = None, **kwargs):
-        objective = attack.objective
         super().__init__(attack, **kwargs)
-        self.attack.objective = objective  # the configured attack, not the consistency objective
         self.teacher = copy.deepcopy(attack.codec)
         if teacher:
             load_teacher(self.teacher, teacher)
         self.teacher.requires_grad_(False).eval()
 
+    def attack_objective(self, attack: Attack, metric: str) -> Objective:
+        return attack.objective  # the configured attack, not the consistency objective
+
     def reference(self, module, x: Tensor, clean: Step) -> Tensor:
         self.teacher.eval()  # Lightning puts every submodule in train mode
         with torch.no_grad():
             return rd.forward_padded(self.teacher, x)[0].clamp(0, 1)
+
+
+class LatentConsistency(ConsistencyTraining):
+    """`latent`: RD loss on the clean batch + beta * MSE(g_a(x_adv), g_a(x)), the latents' mean squared
+    distance in quantisation bins, the clean latent a fixed reference: the encoder learns to map the
+    perturbed image where the clean one goes, and the term costs an analysis pass, no decoder pass."""
+
+    name = "latent"
+
+    def __init__(self, attack: Attack, **kwargs):
+        if not isinstance(getattr(attack.codec, "g_a", None), nn.Module):
+            raise ValueError(
+                f"adv.method=latent needs the codec's analysis transform g_a; {type(attack.codec).__name__} "
+                "has none"
+            )
+        super().__init__(attack, **kwargs)
+
+    def term(self, module, source: Tensor, adversarial: Tensor, clean: Step) -> Tensor:
+        stride = rd.stride(module.codec)
+        y_adv = module.codec.g_a(rd.pad(adversarial, stride)[0])
+        with torch.no_grad():
+            y_clean = module.codec.g_a(rd.pad(source, stride)[0])
+        return (y_adv - y_clean).pow(2).flatten(1).mean(1)
 
 
 def load_teacher(teacher: nn.Module, path: str) -> None:
@@ -368,10 +493,14 @@ def build_method(
     guard_ratio: float = 3.0,
     metric: str = "mse",
     sigma: float = 0.05,
+    proxy: str = "ste",
+    detach: bool = True,
+    adversary: str = "attack",
     **mixing,
 ) -> AdversarialMixing:
     """The training method `adv.method` around `attack` (the other `adv.*` keys as each method takes them)."""
     check_method_settings(method, replays, beta)
+    term = {"beta": beta, "metric": metric, "proxy": proxy, "detach": detach, "adversary": adversary}
     if method == "none":
         return CleanTraining(attack, **mixing)
     if method == "mix":
@@ -383,8 +512,10 @@ def build_method(
     if method == "noise":
         return NoiseTraining(attack, sigma=sigma, **mixing)
     if method == "consistency":
-        return ConsistencyTraining(attack, beta=beta, metric=metric, **mixing)
-    return TeacherTraining(attack, beta=beta, metric=metric, teacher=teacher, **mixing)
+        return ConsistencyTraining(attack, **term, **mixing)
+    if method == "latent":
+        return LatentConsistency(attack, **term, **mixing)
+    return TeacherTraining(attack, teacher=teacher, **term, **mixing)
 
 
 def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> None:

@@ -128,10 +128,13 @@ class CodecModule(L.LightningModule):
     # --- optimisation -------------------------------------------------------------------------
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        # The quantiles stay in the aux optimizer when frozen (adv.train): its step is then skipped.
         main, aux = [], []
         for name, param in self.codec.named_parameters():
-            if param.requires_grad:
-                (aux if name.endswith(".quantiles") else main).append(param)
+            if name.endswith(".quantiles"):
+                aux.append(param)
+            elif param.requires_grad:
+                main.append(param)
         return main, aux
 
     def configure_optimizers(self):
@@ -159,7 +162,8 @@ class CodecModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
         counted = [self.codec] + ([self.teacher] if hasattr(self, "teacher") else [])
-        with count_passes(counted, batch.shape[0]) as cost:
+        parts = [self.codec.g_a] if isinstance(getattr(self.codec, "g_a", None), nn.Module) else []
+        with count_passes(counted, batch.shape[0], parts) as cost:
             step = self.training_loss(batch)
             loss = step.loss
             self.check_finite(loss)
@@ -178,10 +182,11 @@ class CodecModule(L.LightningModule):
 
         aux_loss = self.codec.aux_loss()
         self.check_finite(aux_loss, "train/aux_loss")
-        aux_optimizer.zero_grad()
-        self.manual_backward(aux_loss)
-        # The raw optimizer: stepping the LightningOptimizer would count a second global step.
-        aux_optimizer.optimizer.step()
+        if aux_loss.requires_grad:  # frozen entropy models (adv.train) take no aux step
+            aux_optimizer.zero_grad()
+            self.manual_backward(aux_loss)
+            # The raw optimizer: stepping the LightningOptimizer would count a second global step.
+            aux_optimizer.optimizer.step()
 
         if self.make_scheduler is not None and self.scheduler_interval == "step":
             self.lr_schedulers().step()

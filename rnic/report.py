@@ -367,7 +367,7 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
     methods, method_columns, method_notes = study.method_table(method_runs) if method_runs else ([], (), [])
     if methods:
         write_csv(out / "robust_methods.csv", methods, method_columns)
-        figures["robust_gain_vs_compute.png"] = png_bytes(study.gain_figure(methods), dpi=90)
+        figures["robust_gain_vs_compute.png"] = png_bytes(study.gain_figure(methods, method_runs), dpi=90)
     defenses = defense_rows(attacks)
     if defenses:
         write_csv(out / "defenses.csv", defenses, DEFENSE_COLUMNS)

@@ -1,6 +1,8 @@
 """The robust-methods study's table (`experiment=robust_methods`): one row per training method, its
 compute, its clean rate-distortion cost against the equal-compute clean control (BD-rate over the
-rate points) and its robustness gain under each threat model of `robust_eval`."""
+rate points), and under each threat model of `robust_eval` its robustness: VI and attacked PSNR against
+the control's, and the attacked RD curve (attacked PSNR against the source vs the attacked image's real
+bpp) against the control's attacked curve (BD-rate, BD-PSNR)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from matplotlib.figure import Figure
 from rnic import rd
 from rnic.bdrate import bd_psnr, bd_rate
 from rnic.card import read_json
+from rnic.methods import METHODS
 
 CONTROL = "none"
-METHOD_ORDER = ("none", "mix", "free", "fast", "consistency", "teacher", "noise")
+# (bpp, PSNR) keys of a run's robust_eval figures: the clean curve and the attacked one.
+CLEAN = ("bpp_clean", "psnr_clean")
+ATTACKED = ("bpp_adv", "psnr_adv")
 
 
 def collect_runs(paths: list[Path]) -> list[dict]:
@@ -33,13 +38,16 @@ def collect_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
-def _bd(function, anchor: list[dict], test: list[dict], threat: str) -> tuple[float | None, str | None]:
+def _bd(
+    function, anchor: list[dict], test: list[dict], threat: str, curve: tuple[str, str] = CLEAN
+) -> tuple[float | None, str | None]:
+    rate, quality = curve
     try:
         value = function(
-            [r["robust_eval"][threat]["bpp_clean"] for r in anchor],
-            [r["robust_eval"][threat]["psnr_clean"] for r in anchor],
-            [r["robust_eval"][threat]["bpp_clean"] for r in test],
-            [r["robust_eval"][threat]["psnr_clean"] for r in test],
+            [r["robust_eval"][threat][rate] for r in anchor],
+            [r["robust_eval"][threat][quality] for r in anchor],
+            [r["robust_eval"][threat][rate] for r in test],
+            [r["robust_eval"][threat][quality] for r in test],
         )
     except (ValueError, KeyError, TypeError) as err:
         return None, str(err)
@@ -55,7 +63,7 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
     first = threats[0]  # clean figures are the same under every threat: taken from the first
     control = sorted(by_method.get(CONTROL, []), key=lambda r: r.get("lmbda") or 0)
     notes, rows = [], []
-    order = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    order = sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
     for method in order:
         group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
         row = {
@@ -74,6 +82,9 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
         for threat in threats:
             row[f"psnr_adv_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["psnr_adv"] for r in group)
             row[f"vi_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["vi"] for r in group)
+            if control:  # the attacked RD curve against the control's
+                row[f"bd_rate_adv_{threat}_pct"], _ = _bd(bd_rate, control, group, threat, ATTACKED)
+                row[f"bd_psnr_adv_{threat}_db"], _ = _bd(bd_psnr, control, group, threat, ATTACKED)
         collapses = [r["fast_collapse_step"] for r in group if r.get("fast_collapse_step") is not None]
         row["collapse"] = f"fast collapsed at step(s) {collapses}" if collapses else ""
         rows.append(row)
@@ -88,25 +99,52 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
             row[f"psnr_adv_{threat}_gain"] = None if adv is None or adv0 is None else adv - adv0
     columns = ("method", "runs", "passes", "wall_s", "clean_psnr", "clean_bpp", "bd_rate_pct", "bd_psnr_db")
     for threat in threats:
-        columns += (f"psnr_adv_{threat}", f"vi_{threat}", f"vi_{threat}_gain", f"psnr_adv_{threat}_gain")
+        columns += (f"psnr_adv_{threat}", f"vi_{threat}", f"vi_{threat}_gain", f"psnr_adv_{threat}_gain",
+                    f"bd_rate_adv_{threat}_pct", f"bd_psnr_adv_{threat}_db")  # fmt: skip
     return rows, (*columns, "collapse"), notes
 
 
-def gain_figure(rows: list[dict]) -> Figure:
-    """Robust gain (VI reduction against the control, dB) against compute (codec passes)."""
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
-    axis = figure.subplots()
-    threats = sorted({k[3:-5] for row in rows for k in row if k.startswith("vi_") and k.endswith("_gain")})
+def gain_figure(rows: list[dict], runs: list[dict]) -> Figure:
+    """Left: robust gain (VI reduction against the control, dB) against compute (codec passes). Then, per
+    threat: the attacked RD curve of each method (attacked PSNR against the source vs real bpp, over its
+    rate points), the control's clean curve, and JPEG at the control's rates on the same images."""
+    threats = sorted({t for run in runs for t in run["robust_eval"]})
+    figure = Figure(figsize=(6.5 + 4.5 * len(threats), 4.5), layout="constrained")
+    axes = figure.subplots(1, 1 + len(threats), squeeze=False)[0]
+    axis = axes[0]
     for marker, threat in zip("os^vD", threats, strict=False):
-        points = [(r["passes"], r[f"vi_{threat}_gain"], r["method"]) for r in rows]
+        points = [(r["passes"], r.get(f"vi_{threat}_gain"), r["method"]) for r in rows]
         points = [p for p in points if p[1] is not None]
         axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{threat} threat")
         for x, y, name in points:
             axis.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.axhline(0, color="gray", lw=0.8)
     axis.set(xlabel="codec passes per run (forward + backward, in batches)",
-             ylabel="VI reduction vs clean control [dB]", title="robust gain vs compute")  # fmt: skip
+             ylabel="VI reduction vs clean control [dB]", title="Robust gain vs compute")  # fmt: skip
     axis.grid(alpha=0.3)
     if threats:
+        axis.legend(fontsize=7)
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_method[run["method"]].append(run)
+    for axis, threat in zip(axes[1:], threats, strict=True):
+        for method in sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)):
+            group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
+            figures = [r["robust_eval"][threat] for r in group]
+            axis.plot([f["bpp_adv"] for f in figures], [f["psnr_adv"] for f in figures], marker="o",
+                      lw=2 if method == CONTROL else 1, label=f"{method}, attacked")  # fmt: skip
+        control = [
+            r["robust_eval"][threat]
+            for r in sorted(by_method.get(CONTROL, []), key=lambda r: r["lmbda"] or 0)
+        ]
+        if control:
+            axis.plot([f["bpp_clean"] for f in control], [f["psnr_clean"] for f in control], "k--",
+                      label=f"{CONTROL}, clean")  # fmt: skip
+            jpeg = [f for f in control if f.get("psnr_jpeg") is not None]
+            axis.plot([f["bpp_jpeg"] for f in jpeg], [f["psnr_jpeg"] for f in jpeg], "s:", color="gray",
+                      label="JPEG, clean (same images, matched rate)")  # fmt: skip
+        axis.set(xlabel="bits per pixel (real bitstream)", ylabel="PSNR against the source [dB]",
+                 title=f"Attacked rate-distortion, {threat} threat")  # fmt: skip
+        axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     return figure

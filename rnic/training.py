@@ -30,7 +30,7 @@ from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
-from rnic.methods import check_method_settings
+from rnic.methods import check_method_settings, train_only
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,11 @@ RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
-    """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training)."""
+    """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training), after
+    freezing what `cfg.adv.train` keeps fixed (for every method, the clean control included)."""
     method = cfg.adv.get("method", "mix")
     check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
+    train_only(codec, cfg.adv.get("train", "all"))
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
@@ -65,7 +67,9 @@ def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMix
         if method not in ("mix", "none"):
             raise ValueError(f"adv.method={method} needs an attack: set attack=linf (or l2, apgd, auto)")
         return None
-    return build(cfg.adv)(attacks[0])
+    settings = OmegaConf.to_container(cfg.adv, resolve=True)
+    settings.pop("train", None)  # applied above, to the codec
+    return build(OmegaConf.create(settings))(attacks[0])
 
 
 def instantiate_all(group: DictConfig | None) -> list:

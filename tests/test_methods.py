@@ -1,4 +1,4 @@
-"""Robust training methods (issue 11): each method through train(), exact pass counts, free's budget,
+"""Robust training methods: each method through train(), exact pass counts, free's budget,
 the frozen teacher, bad input, fast's collapse guard, the BD-rate wrapper, and the study preset."""
 
 import csv
@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 
-from rnic.attacks import PGD, Threat
+from rnic import rd
+from rnic.attacks import PGD, Threat, quantization_proxy
 from rnic.bdrate import bd_psnr, bd_rate
 from rnic.codecs import build_codec
-from rnic.methods import FreeTraining
+from rnic.methods import FreeTraining, build_method
 from rnic.module import CodecModule
 from rnic.training import build_adversarial, train
 from tests.conftest import ROOT, TINY, compose_config, tiny_widths
@@ -26,8 +27,10 @@ EXPECTED = {
     "mix": [(2.0, 0.5)] * 2,  # 1 + 2 attack steps x 0.5; the attack's clean reference
     "free": [(1.0, 0.0)] * 2,  # one pass per replay, nothing else
     "fast": [(2.5, 3.0), (1.5, 0.5)],  # 1 + one step x 0.5 (+ the guard at step 0)
-    "consistency": [(2.5, 0.5)] * 2,  # clean 1 + adversarial 0.5 + attack 2 x 0.5
-    "teacher": [(2.5, 1.0)] * 2,  # as consistency, and the teacher's forward 0.5
+    # clean 1 + adversarial 0.5 + attack 2 x 0.5; the attack's clean reference and the term's (real rounding)
+    "consistency": [(2.5, 1.0)] * 2,
+    "teacher": [(2.5, 1.0)] * 2,  # as consistency, the teacher's forward the term's reference
+    "latent": [(2.5, 1.0)] * 2,  # as consistency, its analysis passes counted as whole ones
 }
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "adv.validate=false"]
 
@@ -98,10 +101,69 @@ def test_the_teacher_never_changes(tiny_cfg, tmp_path):
     assert any(not torch.equal(state[f"codec.{k}"], reference[k]) for k in params)  # the student learned
 
 
+def test_a_single_step_adversary_costs_one_step(tiny_cfg, tmp_path):
+    # clean 1 + one step on half the batch 0.5 + the adversarial branch 0.5; the two clean references
+    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=consistency", "adv.adversary=single_step"))
+    assert logged(tmp_path, "train/passes", "train/forward_passes") == [(2.0, 1.0)] * 2
+
+
+@pytest.mark.parametrize(("part", "learns"), [("encoder", ("g_a", "h_a")), ("decoder", ("g_s",))])
+def test_adv_train_learns_only_its_part(tiny_cfg, tmp_path, part, learns):
+    torch.manual_seed(1)
+    start = build_codec("bmshj2018_hyperprior", N=16, M=24)
+    weights = tmp_path / "start.pt"
+    torch.save(start.state_dict(), weights)
+    method = ["adv.method=consistency", f"adv.train={part}"]
+    train(tiny_cfg(*ATTACK, *SHORT, *method, f"model.weights={weights}"))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for top in ("g_a", "h_a", "g_s", "h_s", "entropy_bottleneck"):
+        names = [name for name, _ in start.named_parameters() if name.split(".")[0] == top]
+        changed = any(not torch.equal(state[f"codec.{name}"], start.state_dict()[name]) for name in names)
+        assert changed == (top in learns), top
+
+
+def test_the_consistency_term_compares_with_a_fixed_real_rounding_reference(photos):
+    codec = build_codec("bmshj2018_hyperprior_cpu", quality=1, pretrained=True)
+    module = CodecModule(codec, lmbda=0.01)
+    method = build_method(PGD(codec, eps=8 / 255, steps=1), method="consistency", ratio=1.0)
+    codec.train()  # as in training: the entropy models add noise unless the proxy replaces it
+    source = photos[:1]
+    with quantization_proxy(codec, "ste"):
+        reference = method.reference(module, source, None)
+    assert not reference.requires_grad  # detached: no gradient pulls the clean reconstruction
+    with torch.no_grad():
+        real = rd.forward_padded(codec.eval(), source)[0]
+    assert torch.allclose(reference, real, atol=1e-5)  # the rounding the attacker faces, not noise
+    codec.train()
+    torch.manual_seed(0)
+    noise = (8 / 255) * torch.sign(torch.randn_like(source))
+    adversarial = (source + noise).clamp(0, 1).requires_grad_(True)
+    term = method.term(module, source, adversarial, None)
+    (grad,) = torch.autograd.grad(term.sum(), adversarial)
+    assert float(term.detach()) > 0 and grad.abs().sum() > 0  # straight-through: the term reaches the input
+
+
+def test_the_latent_term_needs_no_decoder(photos):
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018_hyperprior", N=16, M=24)
+    module = CodecModule(codec, lmbda=0.01)
+    method = build_method(PGD(codec, eps=4 / 255, steps=1), method="latent", ratio=1.0)
+    decoded = []
+    handle = codec.g_s.register_forward_hook(lambda *args: decoded.append(1))
+    source = photos[:1]
+    term = method.term(module, source, (source + 2 / 255).clamp(0, 1), None)
+    handle.remove()
+    assert not decoded and float(term) > 0
+    assert float(method.term(module, source, source, None)) == 0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["adv.method=pgd"], "adv.method='pgd' is unknown"),
+        (["adv.method=consistency", "adv.train=prior"], "adv.train='prior' is unknown"),
+        (["adv.method=consistency", "adv.proxy=round"], "adv.proxy='round' is unknown"),
+        (["adv.method=latent", "adv.adversary=fgsm"], "adv.adversary='fgsm' is unknown"),
         (["adv.method=free", "adv.replays=0"], "adv.replays=0"),
         (["adv.method=consistency", "adv.beta=-1"], "adv.beta=-1"),
         (["attack=none", "adv.method=free"], "adv.method=free needs an attack"),
@@ -148,7 +210,7 @@ def test_bd_rate_wrapper():
 def test_the_study_preset_composes(tmp_path):
     cfg = compose_config(tmp_path, "experiment=robust_methods", "model.weights=w.pt", keep_hydra=True)
     assert set(cfg.hydra.sweeper.params["adv.method"].split(",")) == {
-        "none", "mix", "free", "fast", "consistency", "teacher"
+        "none", "mix", "free", "fast", "consistency", "teacher", "latent"
     }  # fmt: skip
     assert cfg.hydra.sweeper.params["model.quality"].split(",") == ["1", "2", "3"] and cfg.model.pretrained
     attacks = cfg.robust_eval.attacks
