@@ -9,7 +9,7 @@ from rnic.jobs import run_job, switch_arguments
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="attack")
 def main(cfg: DictConfig) -> float | None:
-    curve = run_job("rnic.robustness:evaluate_robustness", cfg)
+    curve = run_job("rnic.evaluation:evaluate_robustness", cfg)
     return None if curve is None else curve[-1]["psnr_adv"]
 
 

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
         return
     transfer = None
     if args.transfer:
-        from rnic.transfer import transfer_matrix
+        from rnic.report.transfer import transfer_matrix
 
         transfer = transfer_matrix(args.runs, args.out)
     found = build_report(args.runs, args.out, transfer=transfer)

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from rnic.robustness import evaluate_robustness
+from rnic.evaluation import evaluate_robustness
 from rnic.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

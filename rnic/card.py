@@ -125,7 +125,7 @@ def check_card(folder: Path) -> list[str]:
 
 def check_attack_results(results: dict, results_path: Path, card: dict, card_path: Path) -> list[str]:
     """An attack run's per-image records against its means and its card, and whether it finished."""
-    from rnic.robustness import mean_of  # torch; report.py --check imports this module first
+    from rnic.records import mean_of  # torch; report.py --check imports this module first
 
     problems = []
     images = results.get("images", [])

@@ -13,7 +13,7 @@ from rnic.classical import ClassicalCodec
 from rnic.codecs import load_weights
 from rnic.config import build, file_sha256
 from rnic.data import SPLITS, ImageDataset
-from rnic.defenses import measure_latent_ranges, ranges_file, save_latent_ranges
+from rnic.defenses.latent import measure_latent_ranges, ranges_file, save_latent_ranges
 
 
 def measure_ranges(cfg: DictConfig) -> dict:

@@ -201,7 +201,7 @@ class SmoothedCodec(nn.Module):
         """Each image's center copy, coded for real."""
         with rd.evaluating(self.codec):  # the real rounding, whatever mode the codec was left in
             predictions = [self.smoothing.predict(self.codec, image) for image in x]
-        self.last_choice = {  # per image, into attack.py's records (rnic.robustness.code_pair)
+        self.last_choice = {  # per image, into attack.py's records (rnic.pairs.code_pair)
             "smoothing_abstain": [p["abstain"] for p in predictions],
             "smoothing_radius": [p["radius"] for p in predictions],
         }

@@ -281,7 +281,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
     """attack.py's evaluation of the final weights under each attack of `robust_eval.attacks` (real
     bitstreams, into `robust_eval/<name>/`): the mean figures per attack."""
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     settings = cfg.robust_eval
     figures = {}

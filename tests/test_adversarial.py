@@ -162,7 +162,7 @@ def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path, method):
 @pytest.mark.slow
 def test_adversarial_finetuning_beats_a_clean_control(tmp_path, trained_checkpoint):
     """The paper's finding in miniature: same start, same steps; only the adversarial mixing differs."""
-    from rnic.robustness import evaluate_robustness as evaluate
+    from rnic.evaluation import evaluate_robustness as evaluate
     from tests.conftest import compose_config
 
     common = [

@@ -224,8 +224,8 @@ def test_configs_build_with_the_threats_default_budget(tmp_path, trained_codec, 
     assert attack.round_8bit is True
 
 
-def test_square_averages_the_draws_of_a_random_defence(trained_codec, photos):
-    """Behind a random defence each Square oracle call (and its clean reference) averages `eot_samples`
+def test_square_averages_the_draws_of_a_random_defense(trained_codec, photos):
+    """Behind a random defense each Square oracle call (and its clean reference) averages `eot_samples`
     draws: a single lucky draw cannot pass for an improvement."""
     from rnic.defenses import DefendedCodec, Noise
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from rnic.card import CARD_FILE, check_card
-from rnic.robustness import evaluate_robustness
+from rnic.evaluation import evaluate_robustness
 from tests.conftest import ROOT, compose_config
 
 

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from rnic import rd
-from rnic.classical import FORMATS, ClassicalCodec
+from rnic.classical import FORMATS, ClassicalCodec, to_uint8
 from rnic.coding import compress_decompress
-from rnic.robustness import evaluate_robustness
+from rnic.evaluation import evaluate_robustness
 from rnic.training import train
 from tests.conftest import compose_config
 
@@ -41,7 +41,7 @@ def test_a_target_rate_picks_the_highest_quality_within_it(photos):
     _, bpp = compress_decompress(codec, photos)
     assert (bpp <= 0.8).all()
     for i in range(photos.shape[0]):  # one quality step up would exceed the target
-        data, quality = codec.encode(codec_input := (photos[i].permute(1, 2, 0) * 255).round().byte().numpy())
+        data, quality = codec.encode(codec_input := to_uint8(photos[i]))
         assert data == codec.encode_image(codec_input, quality) and codec.last_choice["quality"][i] == quality
         above = quality + 1
         assert above > 100 or 8 * len(codec.encode_image(codec_input, above)) / (192 * 192) > 0.8

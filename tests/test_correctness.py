@@ -11,7 +11,7 @@ import torch
 from rnic import rd
 from rnic.attacks import PGD, ThresholdAttack, to_8bit
 from rnic.codecs import build_codec
-from rnic.robustness import evaluate_robustness
+from rnic.evaluation import evaluate_robustness
 from rnic.training import train
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -236,7 +236,9 @@ def test_no_attack_gives_null_not_100_db(tmp_path, trained_checkpoint):
 
 
 def test_report_labels_tell_runs_apart_and_print_short_budgets():
-    from rnic.report import describe, finetuning_figure, label, robustness_figure
+    from rnic.report.attacks import robustness_figure
+    from rnic.report.runs import describe, label
+    from rnic.report.training import finetuning_figure
 
     rows = []
     for run in ("adversarial", "control"):
@@ -258,7 +260,7 @@ def test_report_labels_tell_runs_apart_and_print_short_budgets():
 
 
 def test_the_report_tabulates_bd_of_attacked_and_finetuned_curves():
-    from rnic.report import bd_rows
+    from rnic.report.bd import bd_rows
 
     def row(weights, quality, bpp, psnr, scale=1.0, drop=0.0):
         return {"codec": "mbt2018", "metric": "mse", "attack": "APGD", "eps": 0.0157, "weights": weights,

@@ -1,4 +1,4 @@
-"""Defences around the codec and adaptive attacks through them (rnic.defenses), on real codecs and photos."""
+"""Defenses around the codec and adaptive attacks through them (rnic.defenses), on real codecs and photos."""
 
 import json
 
@@ -21,14 +21,10 @@ from rnic.defenses import (
     Resize,
     SelfEnsemble,
     build_defenses,
-    dihedral,
-    inverse_dihedral,
-    measure_latent_ranges,
-    ranges_file,
-    read_latent_ranges,
-    save_latent_ranges,
 )
-from rnic.robustness import evaluate_robustness
+from rnic.defenses.dihedral import dihedral, inverse_dihedral
+from rnic.defenses.latent import measure_latent_ranges, ranges_file, read_latent_ranges, save_latent_ranges
+from rnic.evaluation import evaluate_robustness
 from tests.conftest import attack_cfg
 
 
@@ -45,7 +41,7 @@ def image_defenses():
 
 
 @pytest.mark.parametrize("defense", image_defenses(), ids=lambda d: d.name)
-def test_each_image_defence_keeps_the_range_and_changes_images_as_documented(defense, photos):
+def test_each_image_defense_keeps_the_range_and_changes_images_as_documented(defense, photos):
     x = photos[:, :, :128, :128]
     torch.manual_seed(0)
     generators = [torch.Generator().manual_seed(1) for _ in range(x.shape[0])]
@@ -78,7 +74,7 @@ def test_each_image_defence_keeps_the_range_and_changes_images_as_documented(def
 
 
 @pytest.mark.parametrize("defense", [Noise(0.05), RandomTransform(4)], ids=lambda d: d.name)
-def test_random_defences_are_reproducible_under_a_seed(defense, tiny_codec, photos):
+def test_random_defenses_are_reproducible_under_a_seed(defense, tiny_codec, photos):
     codec = DefendedCodec(tiny_codec, [defense])
     x = photos[:, :, :64, :64]
 
@@ -195,7 +191,7 @@ def defense_cfg(tmp_path, checkpoint, *overrides):
     return attack_cfg(tmp_path, checkpoint, *overrides, eps=0.0314, steps=5)
 
 
-def test_attack_py_refuses_bad_defence_settings_before_coding(tmp_path, trained_checkpoint):
+def test_attack_py_refuses_bad_defense_settings_before_coding(tmp_path, trained_checkpoint):
     with pytest.raises(ValueError, match=r"defense\.jpeg\.quality=0"):
         evaluate_robustness(
             defense_cfg(tmp_path, trained_checkpoint, "defense=jpeg", "defense.jpeg.quality=0")
@@ -222,14 +218,14 @@ def test_non_adaptive_attack_on_bitdepth_is_weaker_than_the_adaptive_one(tmp_pat
         for record in results["images"]:
             assert record["bpp_cost"] == pytest.approx(record["bpp_clean"] - record["bpp_clean_undefended"])
     # The attack maximises the distortion against the clean (defended) reconstruction, i.e. the VI: the
-    # defence-oblivious attack reaches measurably less of it than the one that sees through the rounding
+    # defense-oblivious attack reaches measurably less of it than the one that sees through the rounding
     # (measured on this codec: 5.42 vs 6.03 dB), and no lower attacked PSNR.
     assert means["true"]["vi"] > means["false"]["vi"] + 0.3
     assert means["true"]["psnr_adv"] <= means["false"]["psnr_adv"]
     assert means["false"]["psnr_adv_undefended"] is not None
 
 
-def test_train_py_validates_through_a_defence(tiny_cfg, tmp_path):
+def test_train_py_validates_through_a_defense(tiny_cfg, tmp_path):
     from rnic.training import train
 
     results = train(tiny_cfg("defense=[jpeg,noise]", "attack=linf", "attack.steps=1"))

@@ -11,10 +11,10 @@ import torch
 
 from rnic import rd
 from rnic.attacks import PGD, Threat, quantization_proxy
-from rnic.bdrate import bd_psnr, bd_rate
 from rnic.codecs import build_codec
 from rnic.methods import FreeTraining, build_method
 from rnic.module import CodecModule
+from rnic.report.bd import bd_psnr, bd_rate
 from rnic.training import build_adversarial, train
 from tests.conftest import ROOT, TINY, compose_config, tiny_widths
 

@@ -10,11 +10,11 @@ import pytest
 from rnic import rd
 from rnic.codecs import build_codec, load_weights
 from rnic.data import read_image
-from rnic.robustness import COLUMNS
-from rnic.robustness import evaluate_robustness as evaluate
+from rnic.evaluation import evaluate_robustness as evaluate
+from rnic.records import IMAGE_COLUMNS
 from tests.conftest import ROOT, attack_cfg, compose_config
 
-FIELDS = {"image", *COLUMNS}
+FIELDS = {"image", *IMAGE_COLUMNS}
 
 
 def test_results_hold_every_figure_and_the_real_bitrate(tmp_path, trained_checkpoint):

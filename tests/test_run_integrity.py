@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from rnic import rd
 from rnic.coding import compress_decompress
 from rnic.config import file_sha256
-from rnic.defenses import dihedral, inverse_dihedral
+from rnic.defenses.dihedral import dihedral, inverse_dihedral
 from tests.conftest import ROOT, TINY, attack_cfg, compose_config
 
 ATTACK = ["model=bmshj2018_hyperprior", "model.N=32", "model.M=48", "data.val_crop=192"]
@@ -173,7 +173,7 @@ def test_refused_attack_reruns_change_nothing_and_unreadable_records_are_named(t
 
 def test_check_recomputes_the_means_from_the_per_image_records(tmp_path, trained_checkpoint):
     from rnic.card import check_card
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     evaluate_robustness(attack_cfg(tmp_path, trained_checkpoint, steps=2))
     assert check_card(tmp_path) == []
@@ -185,8 +185,8 @@ def test_check_recomputes_the_means_from_the_per_image_records(tmp_path, trained
 
 
 def test_ranges_never_modify_the_weights_and_other_weights_are_refused(tmp_path, trained_checkpoint):
+    from rnic.evaluation import evaluate_robustness
     from rnic.latent_ranges import measure_ranges
-    from rnic.robustness import evaluate_robustness
 
     weights = tmp_path / "codec.ckpt"
     weights.write_bytes(trained_checkpoint.read_bytes())
@@ -213,7 +213,8 @@ def test_ranges_never_modify_the_weights_and_other_weights_are_refused(tmp_path,
 
 
 def test_a_missed_rate_target_is_recorded_and_the_key_keeps_no_unused_quality(tmp_path):
-    from rnic.robustness import evaluate_robustness, run_key
+    from rnic.evaluation import evaluate_robustness
+    from rnic.records import run_key
 
     cfg = compose_config(
         tmp_path, "model=jpeg", "model.target_bpp=0.001", "attack=none", "max_images=2", config_name="attack"
@@ -254,12 +255,13 @@ def test_settings_that_would_train_nothing_are_refused_before_training(tiny_cfg,
 
 
 def test_attack_py_on_a_folder_reads_only_the_split_it_attacks(tmp_path):
+    from rnic.classical import to_uint8
     from rnic.data import SampleImages, read_image
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     (tmp_path / "data" / "val").mkdir(parents=True)  # no train/ or test/ folder
     image = read_image(SampleImages().splits()["val"][0])[:, :128, :128]
-    iio.imwrite(tmp_path / "data" / "val" / "a.png", (image * 255).round().byte().permute(1, 2, 0).numpy())
+    iio.imwrite(tmp_path / "data" / "val" / "a.png", to_uint8(image))
     cfg = compose_config(
         tmp_path / "run",
         "model=jpeg",
@@ -277,7 +279,7 @@ def test_self_ensemble_figures_are_those_of_the_branch_it_sends(tmp_path, traine
     """attack.py's clean figures behind the self-ensemble are the best branch's, coded alone: its PSNR, and
     its bpp plus the 3-bit (one byte) header."""
     from rnic.data import SampleImages, read_image
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     evaluate_robustness(attack_cfg(tmp_path, trained_checkpoint, "defense=self_ensemble", steps=1))
     records = json.loads((tmp_path / "results.json").read_text())["images"]

@@ -50,7 +50,7 @@ def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
 
 
 def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path):
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     cfg = compose_config(tmp_path, "attack=none", "max_images=1", config_name="attack")  # attack.py's default
     evaluate_robustness(cfg)
@@ -65,7 +65,7 @@ def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path):
 
 
 def test_a_codec_without_weights_is_refused_by_attack_py_unless_asked_for(tmp_path):
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     random_init = ("model=bmshj2018_hyperprior", "model.N=16", "model.M=24", "attack=none", "max_images=1")
     with pytest.raises(ValueError, match=r"neither model\.weights nor model\.pretrained=true"):

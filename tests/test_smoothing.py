@@ -54,7 +54,7 @@ def test_the_smoothed_codec_sends_the_stream_of_its_center_copy(trained_codec, p
 
 
 def test_bad_settings_are_refused_before_any_image_is_coded(tmp_path, trained_checkpoint):
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     for overrides, message in (
         (["defense.center_smoothing.sigma=0"], r"defense\.center_smoothing\.sigma=0 must be > 0"),
@@ -79,7 +79,7 @@ def test_no_adaptive_attack_moves_the_smoothed_reconstruction_past_its_certifica
     """APGD under the L2 threat at the certified radius, through the smoothing with EOT, on real bitstreams:
     the attacked smoothed reconstruction stays within the certified PSNR floor of the clean one."""
     from rnic.card import check_card
-    from rnic.robustness import evaluate_robustness
+    from rnic.evaluation import evaluate_robustness
 
     attack = [
         "attack=apgd",

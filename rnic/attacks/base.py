@@ -141,7 +141,7 @@ class Attack:
 
     def value(self, x_adv: Tensor, ctx: Context) -> Tensor:
         """The objective of each image, through the codec's forward under the proxy; behind a random
-        defence (rnic.defenses), averaged over the codec's `eot_samples` draws (EOT)."""
+        defense (rnic.defenses), averaged over the codec's `eot_samples` draws (EOT)."""
         draws = int(getattr(self.codec, "eot_samples", 1)) if getattr(self.codec, "random", False) else 1
         total = 0.0
         for _ in range(draws):

@@ -120,7 +120,7 @@ class Square(Attack):
 
     @property
     def draws(self) -> int:
-        """Behind a random defence (rnic.defenses), each oracle call averages this many draws (EOT), so
+        """Behind a random defense (rnic.defenses), each oracle call averages this many draws (EOT), so
         that a lucky draw cannot pass for an improvement."""
         return int(getattr(self.codec, "eot_samples", 1)) if getattr(self.codec, "random", False) else 1
 
@@ -147,7 +147,7 @@ class Square(Attack):
         if (
             ctx.clean is not None
         ):  # Objective.context used one forward: autoregressive codecs round otherwise,
-            # and a random defence draws anew each time (the mean of the draws is the reference)
+            # and a random defense draws anew each time (the mean of the draws is the reference)
             draws = [real_forward(self.codec, x, self._coder)[0] for _ in range(self.draws)]
             ctx = replace(ctx, clean=torch.stack(draws).mean(0))
         generators = rng.image_generators(x.shape[0])  # small draws: on the CPU

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from rnic.io import write_csv
 
-COLUMNS = ("source", "target", "psnr_clean", "psnr_adv", "psnr_drop", "vi", "bpp_adv")
+TRANSFER_COLUMNS = ("source", "target", "psnr_clean", "psnr_adv", "psnr_drop", "vi", "bpp_adv")
 
 
 def source_runs(paths: list[Path]) -> list[Path]:
@@ -39,7 +39,7 @@ def run_name(run: Path) -> str:
 
 def transfer_matrix(paths: list[Path], out: Path) -> list[dict]:
     """Code every source's adversarial images with every source run's codec; one row per pair."""
-    from rnic.robustness import evaluate_robustness  # torch and the codecs only when coding
+    from rnic.evaluation import evaluate_robustness  # torch and the codecs only when coding
 
     runs = source_runs(paths)
     names = [run_name(run) for run in runs]
@@ -60,7 +60,7 @@ def transfer_matrix(paths: list[Path], out: Path) -> list[dict]:
             drop = None if mean["psnr_adv"] is None else mean["psnr_clean"] - mean["psnr_adv"]
             figures = {key: mean.get(key) for key in ("psnr_clean", "psnr_adv", "vi", "bpp_adv")}
             rows.append({"source": names[i], "target": names[j], **figures, "psnr_drop": drop})
-    write_csv(out / "transfer_matrix.csv", rows, COLUMNS)
+    write_csv(out / "transfer_matrix.csv", rows, TRANSFER_COLUMNS)
     return rows
 
 

@@ -1,5 +1,5 @@
-"""report.py's defence comparison: per defence, its clean cost and the robust gain that survives an adaptive
-attack, next to the defence-oblivious (non-adaptive) figure; finetuned checkpoints on the same chart."""
+"""report.py's defense comparison: per defense, its clean cost and the robust gain that survives an adaptive
+attack, next to the defense-oblivious (non-adaptive) figure; finetuned checkpoints on the same chart."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-DEFENSE_COLUMNS = (
+DEFENSE_TABLE_COLUMNS = (
     "codec", "weights", "attack", "eps", "defense", "images", "psnr_cost", "bpp_cost", "psnr_adv_undefended",
     "psnr_adv_nonadaptive", "vi_nonadaptive", "psnr_adv_adaptive", "vi_adaptive", "gain_nonadaptive",
     "gain_adaptive",
@@ -34,9 +34,9 @@ def start_weights(weights_path: str | None) -> str | None:
 
 
 def defense_rows(attacks: list[dict]) -> list[dict]:
-    """One row per defence (per codec, weights, attack and budget) and one per finetuned checkpoint
-    whose starting weights were attacked alike: clean PSNR / bpp cost against no defence (or the start),
-    attacked PSNR and VI non-adaptive and adaptive, and the attacked-PSNR gain over no defence."""
+    """One row per defense (per codec, weights, attack and budget) and one per finetuned checkpoint
+    whose starting weights were attacked alike: clean PSNR / bpp cost against no defense (or the start),
+    attacked PSNR and VI non-adaptive and adaptive, and the attacked-PSNR gain over no defense."""
     groups = defaultdict(list)
     for row in attacks:
         groups[tuple(row.get(k) for k in GROUP)].append(row)
@@ -56,7 +56,7 @@ def defense_rows(attacks: list[dict]) -> list[dict]:
                 undefended = plain["psnr_adv"] if plain else None
                 if (
                     undefended is None and "nonadaptive" in modes
-                ):  # the same attack, coded without the defence
+                ):  # the same attack, coded without the defense
                     undefended = modes["nonadaptive"].get("psnr_adv_undefended")
                 entry = {k: first.get(k) for k in ("codec", "weights", "attack", "eps", "images")}
                 entry.update(
@@ -71,7 +71,7 @@ def defense_rows(attacks: list[dict]) -> list[dict]:
                     entry[f"vi_{mode}"] = row.get("vi")
                     entry[f"gain_{mode}"] = _diff(row.get("psnr_adv"), undefended)
                 table.append(entry)
-            # A finetuned checkpoint against the weights it started from: adversarial finetuning as a defence.
+            # A finetuned checkpoint against the weights it started from: adversarial finetuning as a defense.
             start = start_weights(weights)
             base = next(
                 (r for r in by_weights.get(start, []) if r.get("defense", "none") == "none"), None

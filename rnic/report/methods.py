@@ -12,9 +12,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from rnic import rd
-from rnic.bdrate import bd_psnr, bd_rate
 from rnic.card import read_json
 from rnic.methods import METHODS
+from rnic.report.bd import bd_psnr, bd_rate
 
 CONTROL = "none"
 # (bpp, PSNR) keys of a run's robust_eval figures: the clean curve and the attacked one.
