@@ -42,7 +42,7 @@ def load(spec: str, workdir: Path) -> torch.nn.Module:
             "bmshj2018_hyperprior_cpu", quality=int(spec[len("shipped-q") :]), pretrained=True
         )
     elif spec == "small":
-        from benchmarks.attacks import train_small_codec
+        from attacks import train_small_codec  # benchmarks/attacks.py, beside this script
 
         codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), train_small_codec(workdir))
     else:

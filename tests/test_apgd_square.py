@@ -145,7 +145,7 @@ def test_auto_keeps_each_images_worst_member(trained_codec, photos, select):
     x_auto = auto(x)
     report = auto.last_report
     assert list(report["members"]) == [
-        "apgd-skip-clean", "apgd-skip-source", "apgd-ste-clean", "apgd-ste-source",
+        "pgd", "apgd-skip-clean", "apgd-skip-source", "apgd-ste-clean", "apgd-ste-source",
         "apgd-noise-clean", "apgd-noise-source", "square",
     ]  # fmt: skip
     assert report["skipped"] == {}
@@ -168,6 +168,8 @@ def test_auto_keeps_each_images_worst_member(trained_codec, photos, select):
         assert torch.equal(x_auto[i], alone[worst][0][i])
         assert auto.image_report(i)["winner"] == worst
     assert Threat("linf").contains(x, x_auto, torch.full((2, 1, 1, 1), 4 / 255)).all()
+    # Its first member is PGD as `attack=linf`-style PGD runs alone at the same seed: never weaker than it.
+    assert torch.equal(alone["pgd"][0], PGD(trained_codec, threat="linf", eps=4 / 255, seed=5)(x))
 
 
 def test_ensemble_skips_a_member_that_cannot_run(trained_codec, photos):

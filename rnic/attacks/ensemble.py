@@ -14,6 +14,7 @@ from rnic import rd
 from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
+from rnic.attacks.pgd import PGD
 from rnic.attacks.square import Square
 from rnic.attacks.threat import Threat
 from rnic.attacks.threshold import ThresholdAttack
@@ -173,6 +174,8 @@ class AutoAttack(Ensemble):
     """`attack=auto`: a parameter-free worst case for one threat model.
 
     Members, in this order, all with the same threat, budget and seed:
+    PGD at its defaults (10 steps; member 0, so it draws the random start PGD draws alone at the same
+    seed: auto is per image never weaker than it, and its fixed steps end in other optima than APGD's),
     APGD (`steps` iterations) under each proxy (skip, ste, noise) with each of two objectives, the
     distortion against the clean reconstruction and against the source (`apgd-<proxy>-<reference>`);
     under the mse threat, Chen & Ma's threshold attack (`adam_steps` Adam steps, default 10 x `steps`;
@@ -214,7 +217,12 @@ class AutoAttack(Ensemble):
                 "distortion; use kind=distortion"
             )
         common = {"threat": threat, "eps": eps, "round_8bit": round_8bit, "seed": seed}
-        members: dict[str, Attack] = {}
+        members: dict[str, Attack] = {
+            "pgd": PGD(
+                codec, objective=Objective(kind="distortion", reference="clean", distortion=objective.metric),
+                **common,
+            )
+        }  # fmt: skip
         for member_proxy in GRADIENT_PROXIES:
             for reference in REFERENCES:
                 members[f"apgd-{member_proxy}-{reference}"] = APGD(
