@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rnic import rd
-from rnic.adversarial import AdversarialMixing
 from rnic.attacks import PGD
 from rnic.codecs import build_codec
+from rnic.methods import MixTraining
 from rnic.module import CodecModule
 
 CONFIGS = [(adv, runner) for adv in (False, True) for runner in ("lightning", "plain")]
@@ -45,7 +45,7 @@ def make(args, adversarial: bool):
     codec = build_codec("bmshj2018_hyperprior", N=args.N, M=args.M)
     mixing = None
     if adversarial:
-        mixing = AdversarialMixing(PGD(codec, eps=4 / 255, alpha=1 / 255, steps=args.attack_steps), ratio=0.5)
+        mixing = MixTraining(PGD(codec, eps=4 / 255, alpha=1 / 255, steps=args.attack_steps), ratio=0.5)
     images = torch.rand(args.batch * (args.steps + 1), 3, args.size, args.size)
     return codec, mixing, images
 

@@ -14,11 +14,10 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
-from rnic.adversarial import AdversarialMixing, Step, rd_step
 from rnic.codecs import check_metric, load_codec_state, rd_lambda
 from rnic.coding import coder_on, compress_decompress
 from rnic.defenses import defended, retarget
-from rnic.methods import count_passes
+from rnic.methods import Step, TrainingMethod, count_passes, rd_step
 
 # Figures that may have no value in an epoch (MS-SSIM of images below its minimum size, VI of
 # unperturbed images): computed at the epoch's end and logged only where they exist.
@@ -60,7 +59,7 @@ class CodecModule(L.LightningModule):
         clip_max_norm: float | None = 1.0,
         real_coding_images: int | None = None,
         coding_device: str = "cpu",
-        adversarial: AdversarialMixing | None = None,
+        adversarial: TrainingMethod | None = None,
         max_passes: float | None = None,
         defense: dict | None = None,
         adaptive: bool = True,
@@ -69,11 +68,11 @@ class CodecModule(L.LightningModule):
         super().__init__()
         self.codec = codec
         self.adversarial = adversarial
-        # `adv.method=teacher`'s frozen codec: a submodule, so that checkpoints keep it (a resumed run
-        # must not take the resumed weights as its teacher); no gradient, ignored by DDP.
-        teacher = getattr(adversarial, "teacher", None)
-        if teacher is not None:
-            self.teacher = teacher
+        # The method's own frozen modules (the teacher): submodules, so that checkpoints keep them;
+        # counted in the passes, ignored by DDP.
+        self.frozen = {} if adversarial is None else adversarial.frozen_modules()
+        for name, frozen in self.frozen.items():
+            self.add_module(name, frozen)
         if max_passes is not None and not float(max_passes) > 0:
             raise ValueError(f"module.max_passes={max_passes} must be > 0 (or null)")
         self.max_passes = None if max_passes is None else float(max_passes)
@@ -121,9 +120,9 @@ class CodecModule(L.LightningModule):
             if isinstance(module, EntropyModel)
             for buffer_name, _ in module.named_buffers(recurse=False)
         ]
-        if teacher is not None:
-            frozen = [*teacher.named_parameters(), *teacher.named_buffers()]
-            self._ddp_params_and_buffers_to_ignore += [f"teacher.{name}" for name, _ in frozen]
+        for prefix, frozen in self.frozen.items():
+            names = [name for name, _ in (*frozen.named_parameters(), *frozen.named_buffers())]
+            self._ddp_params_and_buffers_to_ignore += [f"{prefix}.{name}" for name in names]
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -161,7 +160,7 @@ class CodecModule(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
-        counted = [self.codec] + ([self.teacher] if hasattr(self, "teacher") else [])
+        counted = [self.codec, *self.frozen.values()]
         parts = [self.codec.g_a] if isinstance(getattr(self.codec, "g_a", None), nn.Module) else []
         with count_passes(counted, batch.shape[0], parts) as cost:
             step = self.training_loss(batch)
@@ -357,9 +356,7 @@ class CodecModule(L.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # The codec first, resizing the entropy coder's tables, which a load through this
         # parent module would not; then everything, now that the sizes agree.
-        for prefix in ("codec.", "teacher."):
-            if prefix == "teacher." and not hasattr(self, "teacher"):
-                continue
-            part = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            load_codec_state(getattr(self, prefix[:-1]), part, strict=strict)
+        for name in ("codec", *self.frozen):
+            part = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
+            load_codec_state(getattr(self, name), part, strict=strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

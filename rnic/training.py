@@ -20,7 +20,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic import rd
-from rnic.adversarial import AdversarialMixing
 from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
 from rnic.card import build_card, write_card
@@ -30,7 +29,7 @@ from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
-from rnic.methods import check_method_settings, train_only
+from rnic.methods import TrainingMethod, check_method_settings, train_only
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ RUN_KEYS = ("paths", "ckpt_path", "hydra")
 RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir")
 
 
-def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> AdversarialMixing | None:
+def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod | None:
     """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training), after
     freezing what `cfg.adv.train` keeps fixed (for every method, the clean control included)."""
     method = cfg.adv.get("method", "mix")

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from rnic.adversarial import AdversarialMixing
 from rnic.attacks import PGD
 from rnic.codecs import build_codec
+from rnic.methods import MixTraining
 from rnic.training import train
 from tests.conftest import ROOT, TINY, tiny_widths
 
@@ -36,7 +36,7 @@ def changed(a, b):
 
 @pytest.mark.parametrize(("ratio", "expected"), [(0.5, 2), (0.25, 1), (1.0, 4), (0.0, 0)])
 def test_the_mixing_ratio_is_honoured(trained_codec, batch, ratio, expected):
-    mixing = AdversarialMixing(PGD(trained_codec, eps=4 / 255, steps=2), ratio=ratio)
+    mixing = MixTraining(PGD(trained_codec, eps=4 / 255, steps=2), ratio=ratio)
     inputs, targets = mixing.mix(batch, step=0)
     assert changed(inputs, batch) == expected
     assert changed(inputs[expected:], batch[expected:]) == 0  # the rest stay clean
@@ -44,14 +44,14 @@ def test_the_mixing_ratio_is_honoured(trained_codec, batch, ratio, expected):
 
 
 def test_source_targets_keep_the_clean_images(trained_codec, batch):
-    mixing = AdversarialMixing(PGD(trained_codec, eps=4 / 255, steps=2), ratio=0.5, target="source")
+    mixing = MixTraining(PGD(trained_codec, eps=4 / 255, steps=2), ratio=0.5, target="source")
     inputs, targets = mixing.mix(batch, step=0)
     assert changed(inputs, batch) == 2 and torch.equal(targets, batch)
 
 
 def test_the_budget_ramps_up_during_warmup(trained_codec, batch):
     eps = 8 / 255
-    mixing = AdversarialMixing(PGD(trained_codec, eps=eps, steps=2), ratio=1.0, warmup_steps=10)
+    mixing = MixTraining(PGD(trained_codec, eps=eps, steps=2), ratio=1.0, warmup_steps=10)
     for step, scale in ((0, 0.1), (4, 0.5), (20, 1.0)):
         inputs, _ = mixing.mix(batch, step=step)
         assert (inputs - batch).abs().max() <= eps * scale + 1e-6
@@ -60,7 +60,7 @@ def test_the_budget_ramps_up_during_warmup(trained_codec, batch):
 
 def test_examples_are_regenerated_every_k_steps(trained_codec, batch):
     attack = PGD(trained_codec, eps=4 / 255, steps=1)
-    mixing = AdversarialMixing(attack, ratio=0.5, every=3)
+    mixing = MixTraining(attack, ratio=0.5, every=3)
     first, _ = mixing.mix(batch, step=0)
     reused, _ = mixing.mix(batch, step=1)  # same perturbation on (here) the same images
     assert torch.equal(first, reused)
@@ -79,7 +79,7 @@ def test_examples_are_regenerated_every_k_steps(trained_codec, batch):
 )
 def test_bad_mixing_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        AdversarialMixing(PGD(build_codec("bmshj2018_factorized", N=8, M=8)), **kwargs)
+        MixTraining(PGD(build_codec("bmshj2018_factorized", N=8, M=8)), **kwargs)
 
 
 def test_adversarial_finetuning_through_train(tiny_cfg, tmp_path, trained_checkpoint):

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from rnic import rd
-from rnic.adversarial import rd_step
 from rnic.attacks import NoAttack
 from rnic.coding import compress_decompress
-from rnic.methods import NoiseTraining
+from rnic.methods import NoiseTraining, rd_step
 from rnic.smoothing import CenterSmoothing, SmoothedCodec, center_of, certified_level, min_samples
 from tests.conftest import compose_config
 

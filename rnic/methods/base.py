@@ -1,5 +1,4 @@
-"""Adversarial mixing: part of every training batch replaced by adversarial examples generated
-against the current codec."""
+"""What every training method shares: the step it hands the optimisation, the RD loss, its base class."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
-from rnic.attacks import Attack, to_8bit
+from rnic.attacks import Attack
 
 TARGETS = ("input", "source")
 
@@ -32,16 +31,23 @@ def rd_step(codec: nn.Module, inputs: Tensor, targets: Tensor, lmbda: float, met
     return Step(terms["loss"].mean(), x_hat, targets, terms["bpp"])
 
 
-class AdversarialMixing:
-    """`adv.method=mix`: replace the first `ratio` of each batch by `attack`'s adversarial examples.
+class TrainingMethod:
+    """A training method (`adv.method`): the loss of each training step of a CodecModule, from the batch
+    and the examples `attack` makes against the current codec.
 
+    - `ratio`: the fraction of each batch (its first images) the method attacks.
     - `target`: what the codec learns to reconstruct from an adversarial input: the adversarial
-      `input` itself (Chen & Ma's choice) or the clean `source`.
+      `input` itself (Chen & Ma's choice) or the clean `source` (mix, free, fast).
     - `warmup_steps`: the budget grows linearly from 0 to the attack's `eps` over these steps.
-    - `every`: generate new examples every k steps; in between, the last perturbation is
-      applied to the new images (cheap, and still within the budget after clipping).
     - `validate`: also validate and test on the attacked val/test images.
+
+    A method implements `training_loss(module, x) -> Step`. It may keep state in checkpoints
+    (`state_dict`, `load_state_dict`), use the input gradient of the loss's backward (`after_backward`),
+    and hold frozen modules of its own (`frozen_modules`: kept in checkpoints, counted in the passes,
+    ignored by DDP).
     """
+
+    name = ""
 
     def __init__(
         self,
@@ -49,35 +55,23 @@ class AdversarialMixing:
         ratio: float = 0.5,
         target: str = "input",
         warmup_steps: int = 0,
-        every: int = 1,
         validate: bool = True,
     ):
         if not 0 <= ratio <= 1:
             raise ValueError(f"adv.ratio={ratio} must be in [0, 1]")
         if target not in TARGETS:
             raise ValueError(f"adv.target={target!r} is unknown; choose input or source")
-        if int(every) < 1 or int(warmup_steps) < 0:
-            raise ValueError(f"adv.every={every} must be >= 1 and adv.warmup_steps={warmup_steps} >= 0")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"adv.warmup_steps={warmup_steps} must be >= 0")
         self.attack = attack
         self.ratio = ratio
         self.target = target
         self.warmup_steps = int(warmup_steps)
-        self.every = int(every)
         self.validate = validate
-        self._delta: Tensor | None = None
-
-    name = "mix"
-
-    def seed(self, step: int, rank: int) -> int | None:
-        """The attack's seed at a step: differs at every step and on every rank, reproducible."""
-        return None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
 
     def training_loss(self, module, x: Tensor) -> Step:
         """The loss of one training step of `module` (a CodecModule) on the batch `x`."""
-        inputs, targets = self.mix(x, module.global_step, module.global_rank)
-        step = rd_step(module.codec, inputs, targets, module.lmbda, module.metric)
-        step.logs["train/adv_images"] = float(self.count(x.shape[0]))
-        return step
+        raise NotImplementedError
 
     def after_backward(self) -> None:
         """Called after the loss's backward, before the optimizer step (free training uses it)."""
@@ -89,6 +83,14 @@ class AdversarialMixing:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Modules the method runs besides the codec, by name (the teacher's codec)."""
+        return {}
+
+    def seed(self, step: int, rank: int) -> int | None:
+        """The attack's seed at a step: differs at every step and on every rank, reproducible."""
+        return None if self.attack.seed is None else self.attack.seed + 1 + step + 1_000_003 * rank
+
     def budget(self, step: int):
         """The attack's budget at a training step (ramped during warm-up)."""
         if not self.warmup_steps:
@@ -96,31 +98,18 @@ class AdversarialMixing:
         scale = min(1.0, (step + 1) / self.warmup_steps)
         return torch.as_tensor(self.attack.eps, dtype=torch.float32) * scale
 
+    def mixed(self, adversarial: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(inputs, targets): `adversarial` in place of the batch's first images; the targets as `target`
+        says."""
+        inputs = torch.cat([adversarial, x[adversarial.shape[0] :]])
+        return inputs, (inputs if self.target == "input" else x)
+
     def count(self, batch_size: int) -> int:
+        """How many images of a batch the method attacks."""
         return round(self.ratio * batch_size)
-
-    def mix(self, x: Tensor, step: int, rank: int = 0) -> tuple[Tensor, Tensor]:
-        """(inputs, targets): the first `count` images adversarial, the rest clean.
-
-        Random starts differ at every step and on every rank, yet are reproducible from the seed.
-        """
-        n = self.count(x.shape[0])
-        if n == 0:
-            return x, x
-        source = x[:n]
-        if step % self.every == 0 or self._delta is None or self._delta.shape != source.shape:
-            adversarial = self.attack(source, eps=self.budget(step), seed=self.seed(step, rank))
-            self._delta = (adversarial - source).detach()
-        else:  # the last perturbation on new images, delivered as the attack delivers its own
-            adversarial = (source + self._delta).clamp(0, 1)
-            if self.attack.round_8bit:
-                adversarial = to_8bit(source, adversarial)
-        inputs = torch.cat([adversarial, x[n:]])
-        targets = inputs if self.target == "input" else x
-        return inputs, targets
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.attack}, ratio={self.ratio}, target={self.target}, "
-            f"warmup_steps={self.warmup_steps}, every={self.every})"
+            f"warmup_steps={self.warmup_steps})"
         )
