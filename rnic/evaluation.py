@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from rnic.attacks import NoAttack, Square, Threat
+from rnic.attacks import Threat
 from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.card import build_card
 from rnic.classical import FORMATS, ClassicalCodec, to_uint8
@@ -49,7 +49,7 @@ def check_gradient_free(codec: torch.nn.Module, attacks: list) -> None:
     if not isinstance(codec, ClassicalCodec):
         return
     for attack in attacks:
-        if not isinstance(attack, (NoAttack, Square)):
+        if not attack.gradient_free:
             raise ValueError(
                 f"model={codec.format} is a classical coder without a gradient, so {type(attack).__name__} "
                 "cannot attack it: use attack.load_from=<an attack.py run with attack.save_images=true>, "

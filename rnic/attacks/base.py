@@ -80,7 +80,11 @@ class Attack:
     Subclasses implement `perturb(x, ctx, eps)`. Gradients are taken with respect to the
     perturbation only (`torch.autograd.grad`): the codec's parameters never get `.grad`.
     The codec runs in eval mode, with `proxy` standing in for its rounding.
+    Capabilities are class attributes: `gradient_free` (forward passes only: it can attack a coder
+    without a gradient, such as a classical one).
     """
+
+    gradient_free = False
 
     def __init__(
         self,
@@ -189,6 +193,8 @@ class Attack:
 
 class NoAttack(Attack):
     """The identity: clean baselines through the same pipeline."""
+
+    gradient_free = True
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
         return x.detach().clone()  # no codec pass needed

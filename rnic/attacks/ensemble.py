@@ -97,6 +97,11 @@ class Ensemble:
         self.coding_device = CODING_DEVICE  # not a setting: where it codes does not change the result
 
     @property
+    def gradient_free(self) -> bool:
+        """An ensemble of gradient-free members is gradient-free."""
+        return all(member.gradient_free for member in self.members.values())
+
+    @property
     def coding_device(self) -> str | torch.device:
         return self._coding_device
 

@@ -94,6 +94,8 @@ class Square(Attack):
     `history` holds the best value of each image after each query, (queries, B), of the last call.
     """
 
+    gradient_free = True  # forward passes only: it also attacks coders without a gradient
+
     def __init__(
         self,
         codec: nn.Module,
