@@ -2,8 +2,10 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 
@@ -83,6 +85,47 @@ def test_an_attack_sweep_and_its_report(tmp_path, trained_checkpoint):
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # robustness curves, rate-distortion
     assert (report / "robustness_curves.png").stat().st_size > 10_000
+    check_readable_page(page)
+
+
+class PageReader(HTMLParser):
+    """The headings, tables (their box and cells) and images of report.html, as a browser lays them out."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.tables, self.cells, self.stack, self.text = [], [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([dict(a).get("class") for t, a in self.stack if t == "div"])
+        if tag in ("h2", "td", "th"):
+            self.text = ""
+        self.stack.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        self.stack.pop()
+        if tag == "h2":
+            self.headings.append(self.text)
+        elif tag in ("td", "th"):
+            self.cells.append((tag, self.text))
+        if tag in ("h2", "td", "th"):
+            self.text = None
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+
+def check_readable_page(page: str) -> None:
+    reader = PageReader()
+    reader.feed(page)
+    assert reader.headings[0].startswith("Summary")  # what a reader looks for first
+    assert reader.tables and all("scroll" in boxes for boxes in reader.tables)  # wide tables scroll in a box
+    assert not any(h.endswith(".png") for h in reader.headings)  # figures titled by what they show
+    headers = {text for tag, text in reader.cells if tag == "th"}
+    assert {"clean PSNR [dB]", "attacked PSNR [dB]", "VI [dB]"} <= headers
+    numbers = [text for tag, text in reader.cells if tag == "td" and re.fullmatch(r"-?[0-9.]+", text)]
+    assert numbers and all(len(n.lstrip("-").replace(".", "").lstrip("0")) <= 4 for n in numbers), numbers
 
 
 @pytest.mark.slow

@@ -40,10 +40,71 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[dict], list[str], list[
     return attacks, trainings, failed, skipped
 
 
+# What a reader sees above a column of report.html (units in brackets); other columns show their key.
+HEADERS = {
+    "psnr_in": "input PSNR [dB]", "linf": "L-inf [1/255]", "psnr_clean": "clean PSNR [dB]",
+    "psnr_adv": "attacked PSNR [dB]", "bpp_clean": "clean rate [bpp]", "bpp_adv": "attacked rate [bpp]",
+    "bpp_ratio": "rate ratio", "msssim_clean": "clean MS-SSIM", "msssim_adv": "attacked MS-SSIM",
+    "vi": "VI [dB]", "vi_msssim": "VI MS-SSIM [dB]", "psnr_jpeg": "JPEG PSNR [dB]", "bpp_jpeg": "JPEG [bpp]",
+    "psnr_webp": "WebP PSNR [dB]", "bpp_webp": "WebP [bpp]", "eps": "budget", "images": "images",
+    "encode_s_clean": "clean encode [s]", "encode_s_adv": "attacked encode [s]",
+    "decode_s_clean": "clean decode [s]", "decode_s_adv": "attacked decode [s]",
+    "passes": "codec passes", "wall_s": "wall time [s]", "clean_psnr": "clean PSNR [dB]",
+    "clean_bpp": "clean rate [bpp]", "bd_rate_pct": "BD-rate [%]", "bd_psnr_db": "BD-PSNR [dB]",
+    "worst_attack": "worst attack", "worst_psnr_adv": "worst attacked PSNR [dB]", "max_vi": "highest VI [dB]",
+}  # fmt: skip
+FIGURE_TITLES = {
+    "robust_gain_vs_compute.png": "Robust training methods: VI reduction vs compute, and attacked RD curves",
+    "defense_cost_gain.png": "Defenses: clean cost against the attacked PSNR they win",
+    "robustness_curves.png": "Attacked PSNR and VI against the input PSNR the attack leaves",
+    "rate_distortion.png": "Rate-distortion clean and attacked, with JPEG and WebP at the same rates",
+    "certified_curve.png": "Center smoothing: certified bound against the attacked PSNR",
+    "rate_attacks.png": "Rate attacks: bitstream size and coding time",
+    "finetuning.png": "Finetuning: clean and attacked figures before and after",
+    "transfer_matrix.png": "Transfer matrix: attacked on (rows), coded by (columns)",
+}
+SUMMARY_COLUMNS = ("codec", "quality", "weights", "defense", "psnr_clean", "bpp_clean", "worst_psnr_adv",
+                   "worst_attack", "max_vi")  # fmt: skip
+
+
 def cell(value) -> str:
     if value is None:
         return ""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def shown(value) -> str:
+    """A figure as a reader reads it: about three significant digits; a missing one as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value != value:
+        return "n/a"
+    size = abs(value)
+    return f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.2f}" if size >= 1 \
+        else f"{value:.2g}"  # fmt: skip
+
+
+def summary_rows(attacks: list[dict]) -> list[dict]:
+    """Per codec (codec, quality, weights, defense): its clean figures, and the worst attacked PSNR
+    over its attack runs with the attack that reached it, and its highest VI."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in attacks:
+        groups.setdefault(tuple(row.get(k) for k in SUMMARY_COLUMNS[:4]), []).append(row)
+    rows = []
+    for key, group in groups.items():
+        attacked = [r for r in group if r.get("psnr_adv") is not None and r.get("attack") != "NoAttack"]
+        worst = min(attacked, key=lambda r: r["psnr_adv"]) if attacked else None
+        rows.append({
+            **dict(zip(SUMMARY_COLUMNS[:4], key, strict=True)),
+            "psnr_clean": rd.mean_or_none(r.get("psnr_clean") for r in group),
+            "bpp_clean": rd.mean_or_none(r.get("bpp_clean") for r in group),
+            "worst_psnr_adv": worst and worst["psnr_adv"],
+            "worst_attack": worst and f"{worst['attack']} (budget {shown(worst.get('eps'))})",
+            "max_vi": max((r["vi"] for r in group if r.get("vi") is not None), default=None),
+        })  # fmt: skip
+    return rows
 
 
 def markdown(rows: list[dict], columns: tuple[str, ...]) -> str:
@@ -53,12 +114,15 @@ def markdown(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def html_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    """A table in its own box, scrolled sideways when wider than the page; only the columns that hold
+    a figure in some row."""
+    columns = tuple(c for c in columns if any(row.get(c) not in (None, "") for row in rows))
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(row.get(c)))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(shown(row.get(c)))}</td>" for c in columns) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def data_uri(data: bytes) -> str:
@@ -140,18 +204,28 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
 
     images = "".join(
-        f'<h2>{html.escape(name)}</h2><img alt="{name}" src="{data_uri(data)}">'
+        f'<h2>{html.escape(FIGURE_TITLES.get(name, name))}</h2><img alt="{name}" src="{data_uri(data)}">'
         for name, data in figures.items()
     )
-    tables = "".join(
+    summary = summary_rows(attacks)
+    if summary:
+        tables = (
+            "<h2>Summary (per codec: clean figures, the worst attacked PSNR over its attack runs and the "
+            f"attack that reached it, the highest VI)</h2>{html_table(summary, SUMMARY_COLUMNS)}"
+        )
+    else:
+        tables = ""
+    tables += "".join(
         f"<h2>{html.escape(title)}</h2>{html_table(rows, cols)}" for title, rows, cols in sections
     )
     failures = "".join(f"<li>{html.escape(f)}</li>" for f in failed)
     left_out = "".join(f"<li>{html.escape(reason)}</li>" for reason in skipped)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>rnic report</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
+        "body{font-family:sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
+        "th{background:#f3f3f3}.scroll{overflow-x:auto;max-width:100%;margin-bottom:1em}"
+        "img{max-width:100%}h2{font-size:1.1em}</style></head>"
         f"<body><h1>rnic report</h1>{tables}{images}"
         + (f"<h2>Failed jobs</h2><ul>{failures}</ul>" if failed else "")
         + (f"<h2>Runs left out</h2><ul>{left_out}</ul>" if skipped else "")

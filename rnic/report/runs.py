@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rnic.card import CARD_FILE, read_json
+from rnic.classical import LABELS
 
 
 def run_config(folder: Path) -> dict:
@@ -30,8 +31,11 @@ def describe(config: dict) -> dict:
     model = config.get("model", {})
     codec = model.get("codec", {})
     attack = config.get("attack", {})
+    target = str(codec.get("_target_", "?")).rsplit(".", 1)[-1]
+    if target == "ClassicalCodec":  # named as a reader names it: JPEG, WebP, ...
+        target = LABELS.get(codec.get("format"), str(codec.get("format")))
     return {
-        "codec": codec.get("arch") or str(codec.get("_target_", "?")).rsplit(".", 1)[-1],
+        "codec": codec.get("arch") or target,
         "quality": model.get("quality"),
         "metric": model.get("metric"),
         "weights": "pretrained" if model.get("pretrained") else weights_label(model.get("weights")),
