@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from rnic.defenses.codec import DefendedCodec, SelfEnsemble
-from rnic.defenses.image import JPEG, BitDepth, Blur, Median, Noise, RandomTransform, Resize
+from rnic.defenses.image import JPEG, BitDepth, Blur, ImageDefense, Median, Noise, RandomTransform, Resize
 from rnic.defenses.latent import LatentClamp
 from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
@@ -22,7 +22,10 @@ CLASSES = {
 
 def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]:
     """Defenses from a `defense=` config (name -> config with `_target_`, in order), from already built
-    defenses, or from a list of names with default settings. `none` (or nothing) is no defense."""
+    defenses, or from a list of names with default settings. `none` (or nothing) is no defense.
+
+    A `_target_` may be any image defense (a subclass of ImageDefense, e.g. of a package of your own with
+    its yaml on Hydra's search path); rnic's own names also build from their name alone."""
     from rnic.config import build  # Hydra, not Lightning
 
     if not spec:
@@ -34,7 +37,8 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
     for name, entry in items:
         if name == "none" and not entry:
             continue
-        if name not in CLASSES:
+        configured = isinstance(entry, nn.Module) or bool(entry and "_target_" in entry)
+        if name not in CLASSES and not configured:
             raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(CLASSES)}")
         if isinstance(entry, nn.Module):
             defense = entry
@@ -42,10 +46,10 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
             defense = build(entry)
         else:
             defense = CLASSES[name](**dict(entry or {}))
-        if not isinstance(defense, CLASSES[name]):
-            raise ValueError(
-                f"defense.{name}._target_ builds a {type(defense).__name__}, not a {name} defence"
-            )
+        expected = CLASSES.get(name, ImageDefense)
+        if not isinstance(defense, expected):
+            what = f"a {name} defense" if name in CLASSES else "an image defense (rnic.defenses.ImageDefense)"
+            raise ValueError(f"defense.{name}._target_ builds a {type(defense).__name__}, not {what}")
         defenses[name] = defense
     return defenses
 

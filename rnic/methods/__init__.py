@@ -22,13 +22,15 @@ consistency, teacher and latent take their adversarial examples from the configu
 optimizer updates. Every method takes `adv.train=all|encoder|decoder` (applied by the training job, the
 control included): encoder-only keeps the decoder and the bitstream format of the starting codec.
 
-A method is a class of this package with a `name`, listed once in `CLASSES`.
+A method is a class of this package with a `name`, listed once in `CLASSES`; `adv.method` also takes
+the import path of a TrainingMethod subclass of your own (`adv.method=mypackage.PairedTraining`).
 """
 
 from __future__ import annotations
 
 import inspect
 
+from hydra.utils import get_class
 from torch import nn
 
 from rnic.attacks import Attack
@@ -65,18 +67,35 @@ def _keys(cls: type) -> set[str]:
     return keys
 
 
+def method_class(method: str) -> type[TrainingMethod]:
+    """The class `adv.method` names: one of rnic's (`METHODS`), or an import path `package.Class`."""
+    named = [cls for cls in CLASSES if cls.name == method]
+    if named:
+        return named[0]
+    if "." in method:
+        try:
+            cls = get_class(method)
+        except Exception as err:  # Hydra wraps the import error
+            raise ValueError(f"adv.method={method!r} cannot be imported: {err}") from None
+        if isinstance(cls, type) and issubclass(cls, TrainingMethod):
+            return cls
+        raise ValueError(f"adv.method={method!r} is not a training method (rnic.methods.TrainingMethod)")
+    raise ValueError(
+        f"adv.method={method!r} is unknown; choose one of: {', '.join(METHODS)} (or a package.Class of yours)"
+    )
+
+
 def build_method(attack: Attack, method: str = "mix", **settings) -> TrainingMethod:
     """The training method `adv.method` around `attack`, with the `adv.*` settings it takes (the others,
     such as free's `replays` for mix, do not concern it)."""
     check_method_settings(method, settings.get("replays", 4), settings.get("beta", 1.0))
-    cls = next(cls for cls in CLASSES if cls.name == method)
+    cls = method_class(method)
     return cls(attack, **{key: value for key, value in settings.items() if key in _keys(cls)})
 
 
 def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> None:
     """Refuse an unknown method, free's m < 1, a negative beta (before anything is built)."""
-    if method not in METHODS:
-        raise ValueError(f"adv.method={method!r} is unknown; choose one of: {', '.join(METHODS)}")
+    method_class(method)
     if int(replays) != replays or int(replays) < 1:
         raise ValueError(f"adv.replays={replays} must be an integer >= 1 (free's replays per batch)")
     if not float(beta) >= 0:

@@ -1,0 +1,104 @@
+"""A plug-in of each kind (attack, defense, training method) in a package outside rnic, with its yaml on
+Hydra's search path, runs through attack.py's job and train.py's without editing any rnic file."""
+
+import json
+import textwrap
+
+import pytest
+
+from rnic.evaluation import evaluate_robustness
+from rnic.training import train
+from tests.conftest import TINY, compose_config, tiny_widths
+
+PACKAGE = '''
+import torch
+
+from rnic.attacks import Attack
+from rnic.defenses import ImageDefense
+from rnic.methods import TrainingMethod, rd_step
+
+
+class SignNoise(Attack):
+    """Random signs of the L-inf budget on every sample: an attack with no gradient."""
+
+    gradient_free = True
+    threat = "linf"
+
+    def perturb(self, x, ctx, eps):
+        return x + eps * torch.sign(torch.randn_like(x))
+
+
+class Posterize(ImageDefense):
+    """Fewer intensity levels before encoding."""
+
+    name = "posterize"
+
+    def __init__(self, levels: int = 32):
+        super().__init__()
+        self.levels = levels
+
+    def encode(self, x, generators):
+        return torch.round(x * (self.levels - 1)) / (self.levels - 1), None
+
+
+class FlipTraining(TrainingMethod):
+    """The RD loss with the first `ratio` of the batch mirrored."""
+
+    name = "flip"
+
+    def training_loss(self, module, x):
+        inputs = torch.cat([x[: self.count(x.shape[0])].flip(-1), x[self.count(x.shape[0]) :]])
+        step = rd_step(module.codec, inputs, inputs, module.lmbda, module.metric)
+        step.logs["train/flipped"] = float(self.count(x.shape[0]))
+        return step
+'''
+YAML = {
+    "attack/sign_noise.yaml": """
+        defaults:
+          - /shared/attack_common@_here_
+          - _self_
+        _target_: toyplug.SignNoise
+        eps: 0.01568627450980392
+    """,
+    "defense/posterize.yaml": """
+        posterize:
+          _target_: toyplug.Posterize
+          levels: 16
+    """,
+    "experiment/flip.yaml": """
+        # @package _global_
+        adv:
+          method: toyplug.FlipTraining
+    """,
+}
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """The search-path override that finds the plug-ins' yaml files (their package importable)."""
+    (tmp_path / "toyplug.py").write_text(PACKAGE)
+    for name, text in YAML.items():
+        path = tmp_path / "conf" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+
+
+def test_a_plugin_attack_and_defense_run_through_attack_py(plugins, tmp_path):
+    out = tmp_path / "attack"
+    cfg = compose_config(out, plugins, "attack=sign_noise", "defense=posterize", "max_images=1",
+                         "data.val_crop=128", config_name="attack")  # fmt: skip
+    evaluate_robustness(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["defense"] == ["posterize"]
+    (image,) = results["images"]
+    assert image["linf"] == pytest.approx(4.0, abs=1e-3)  # the plug-in's budget, 4/255, on decoded bits
+    assert image["psnr_adv"] < image["psnr_clean"]
+
+
+def test_a_plugin_training_method_runs_through_train_py(plugins, tmp_path):
+    overrides = (plugins, "experiment=flip", "attack=linf", "attack.steps=1", "adv.validate=false")
+    train(compose_config(tmp_path, *TINY, *tiny_widths([]), *overrides))
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert final["method"] == "flip" and final["passes"] == pytest.approx(4.0)
