@@ -10,7 +10,6 @@ from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
 from rnic.attacks.proxy import per_image_noise
-from rnic.attacks.threat import Threat
 
 MOMENTUM = 0.75
 # A checkpoint halves the step (and restarts from the best point) when fewer than this fraction of the
@@ -59,11 +58,9 @@ class APGD(Attack):
         steps: int = 100,
         **kwargs,
     ):
-        self._threat = Threat(threat)
-        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
+        super().__init__(codec, eps=self.bind_threat(threat, eps), **kwargs)
         if int(steps) < 1:
             raise ValueError(f"attack.steps={steps} must be >= 1")
-        self.threat = threat
         self.steps = int(steps)
         self.gradient_evaluations = 0
 
@@ -84,13 +81,13 @@ class APGD(Attack):
         return value, (grad if gradient else None)
 
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        self._threat.check(eps, x.shape)
+        self.threat_model.check(eps, x.shape)
         generators = rng.image_generators(x.shape[0], x.device)
         with per_image_noise(generators):
             return self.search(x, ctx, eps, generators)
 
     def search(self, x: Tensor, ctx: Context, eps: Tensor, generators: list[torch.Generator]) -> Tensor:
-        threat, batch = self._threat, x.shape[0]
+        threat, batch = self.threat_model, x.shape[0]
         self.gradient_evaluations = 0
 
         def column(flags: Tensor) -> Tensor:  # per-image flags -> (B, 1, 1, 1) for images

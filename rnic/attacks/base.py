@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from rnic import rd
 from rnic.attacks.objectives import Context, Objective
 from rnic.attacks.proxy import check_proxy, quantization_proxy
+from rnic.attacks.threat import Threat
 
 
 class ZeroGradientError(RuntimeError):
@@ -85,6 +86,13 @@ class Attack:
     """
 
     gradient_free = False
+
+    def bind_threat(self, threat: str, eps: float | Tensor | None) -> float | Tensor:
+        """For an attack with a threat model: keep `threat` (the setting) and its `threat_model` (a
+        Threat: projection, radius, checks); returns the budget (the threat's default for eps=None)."""
+        self.threat = threat
+        self.threat_model = Threat(threat)
+        return self.threat_model.budget(eps)
 
     def __init__(
         self,

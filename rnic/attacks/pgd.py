@@ -9,7 +9,6 @@ from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
 from rnic.attacks.proxy import per_image_noise
-from rnic.attacks.threat import Threat
 
 
 class PGD(Attack):
@@ -30,19 +29,17 @@ class PGD(Attack):
         random_start: bool = True,
         **kwargs,
     ):
-        self._threat = Threat(threat)
-        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
+        super().__init__(codec, eps=self.bind_threat(threat, eps), **kwargs)
         if int(steps) < 1:
             raise ValueError(f"attack.steps={steps} must be >= 1")
         if alpha is not None and not alpha > 0:
             raise ValueError(f"attack.alpha={alpha} must be > 0")
-        self.threat = threat
         self.alpha = alpha
         self.steps = int(steps)
         self.random_start = random_start
 
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        threat = self._threat
+        threat = self.threat_model
         threat.check(eps, x.shape)
         generators = rng.image_generators(x.shape[0], x.device)
         alpha = 2.5 * threat.radius(x, eps) / self.steps if self.alpha is None else self.alpha

@@ -14,7 +14,7 @@ from rnic import rd
 from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
-from rnic.attacks.threat import Threat, l2_norm
+from rnic.attacks.threat import l2_norm
 from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
 
 # The paper's initial fraction of pixels in a square (its ImageNet defaults), and its schedule: p halves
@@ -104,17 +104,16 @@ class Square(Attack):
         queries: int = 1000,
         **kwargs,
     ):
-        self._threat = Threat(threat)
+        eps = self.bind_threat(threat, eps)
         if kwargs.get("proxy") not in (None, "none"):
             raise ValueError(
                 f"attack.proxy={kwargs['proxy']!r}: Square queries the codec's real rounding and takes no "
                 "proxy; set attack.proxy=none"
             )
         kwargs["proxy"] = "none"  # nothing is wrapped: the oracle sees the real quantisation
-        super().__init__(codec, eps=self._threat.budget(eps), **kwargs)
+        super().__init__(codec, eps=eps, **kwargs)
         if int(queries) < 1:
             raise ValueError(f"attack.queries={queries} must be >= 1")
-        self.threat = threat
         self.queries = int(queries)
         self.history: Tensor | None = None
         self.coding_device = CODING_DEVICE  # not a setting: where it codes does not change the result
@@ -137,7 +136,7 @@ class Square(Attack):
 
     @torch.no_grad()
     def perturb(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        self._threat.check(eps, x.shape)
+        self.threat_model.check(eps, x.shape)
         # The codec's current weights on the coding device (only autoregressive codecs are coded).
         self._coder = coder_on(self.codec, self.coding_device) if is_autoregressive(self.codec) else None
         try:
@@ -153,7 +152,7 @@ class Square(Attack):
             draws = [real_forward(self.codec, x, self._coder)[0] for _ in range(self.draws)]
             ctx = replace(ctx, clean=torch.stack(draws).mean(0))
         generators = rng.image_generators(x.shape[0])  # small draws: on the CPU
-        linf = self._threat.name == "linf"
+        linf = self.threat_model.name == "linf"
         x_best = self.start_linf(x, eps, generators) if linf else self.start_l2(x, eps, generators)
         best = self.query(x_best, ctx)
         history = [best]
@@ -177,7 +176,7 @@ class Square(Attack):
     def start_linf(self, x: Tensor, eps: Tensor, generators: list[torch.Generator]) -> Tensor:
         channels, _, width = x.shape[1:]
         stripes = rng.signs(generators, (channels, 1, width), x) * eps
-        return self._threat.project(x, x + stripes, eps)
+        return self.threat_model.project(x, x + stripes, eps)
 
     def propose_linf(
         self, x: Tensor, x_best: Tensor, eps: Tensor, generators: list[torch.Generator], p: float
@@ -193,7 +192,7 @@ class Square(Attack):
                 if bool(((x[i][window] + values).clamp(0, 1) - current).abs().max() >= 1e-7):
                     break
             delta[i][window] = values
-        return self._threat.project(x, x + delta, eps)
+        return self.threat_model.project(x, x + delta, eps)
 
     # L2 version (also mse)
 
@@ -208,8 +207,8 @@ class Square(Attack):
                 window = (slice(None), slice(top, top + side), slice(left, left + side))
                 for i, g in enumerate(generators):
                     delta[i][window] += self._bump(g, side, x) * rng.signs([g], (channels, 1, 1), x)[0]
-        radius = self._threat.radius(x, eps)
-        return self._threat.project(x, x + delta / l2_norm(delta).clamp_min(1e-12) * radius, eps)
+        radius = self.threat_model.radius(x, eps)
+        return self.threat_model.project(x, x + delta / l2_norm(delta).clamp_min(1e-12) * radius, eps)
 
     def propose_l2(
         self, x: Tensor, x_best: Tensor, eps: Tensor, generators: list[torch.Generator], p: float
@@ -217,7 +216,7 @@ class Square(Attack):
         channels, height, width = x.shape[1:]
         side = max(round(math.sqrt(p * height * width)), 3)
         side = min(side + 1 - side % 2, height, width)  # odd, as the paper's
-        radius = self._threat.radius(x, eps)
+        radius = self.threat_model.radius(x, eps)
         delta = x_best - x
         for i, g in enumerate(generators):
             d = delta[i]
@@ -236,7 +235,7 @@ class Square(Attack):
             new = new / new.flatten(1).norm(dim=1).view(-1, 1, 1) * (spare + in_both.square()).sqrt()
             d[second] = 0
             d[first] = new
-        return self._threat.project(x, x + delta / l2_norm(delta).clamp_min(1e-12) * radius, eps)
+        return self.threat_model.project(x, x + delta / l2_norm(delta).clamp_min(1e-12) * radius, eps)
 
     @staticmethod
     def _bump(g: torch.Generator, side: int, like: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ class RandomStartFGSM(PGD):
         self.step_scale = step_scale
 
     def perturb(self, x: Tensor, ctx, eps: Tensor) -> Tensor:
-        self.alpha = self.step_scale * self._threat.radius(x, eps)
+        self.alpha = self.step_scale * self.threat_model.radius(x, eps)
         try:
             return super().perturb(x, ctx, eps)
         finally:
