@@ -38,10 +38,24 @@ def collect_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
+def under(runs: list[dict], threat: str) -> list[dict]:
+    """The figures under `threat` of the runs evaluated under it (in their order)."""
+    return [r["robust_eval"][threat] for r in runs if threat in r["robust_eval"]]
+
+
+def clean_figures(run: dict) -> dict:
+    """A run's clean figures: the same under every threat, taken from the first it was evaluated under."""
+    return run["robust_eval"][sorted(run["robust_eval"])[0]]
+
+
 def _bd(
     function, anchor: list[dict], test: list[dict], threat: str, curve: tuple[str, str] = CLEAN
 ) -> tuple[float | None, str | None]:
     rate, quality = curve
+    anchor, test = (
+        [r for r in anchor if threat in r["robust_eval"]],
+        [r for r in test if threat in r["robust_eval"]],
+    )
     try:
         value = function(
             [r["robust_eval"][threat][rate] for r in anchor],
@@ -71,8 +85,8 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
             "runs": len(group),
             "passes": rd.mean_or_none(r["passes"] for r in group),
             "wall_s": rd.mean_or_none(r.get("train_seconds") for r in group),
-            "clean_psnr": rd.mean_or_none(r["robust_eval"][first]["psnr_clean"] for r in group),
-            "clean_bpp": rd.mean_or_none(r["robust_eval"][first]["bpp_clean"] for r in group),
+            "clean_psnr": rd.mean_or_none(clean_figures(r)["psnr_clean"] for r in group),
+            "clean_bpp": rd.mean_or_none(clean_figures(r)["bpp_clean"] for r in group),
         }
         if control:
             row["bd_rate_pct"], why = _bd(bd_rate, control, group, first)
@@ -80,8 +94,8 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
             if why:
                 notes.append(f"{method}: no BD-rate ({why})")
         for threat in threats:
-            row[f"psnr_adv_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["psnr_adv"] for r in group)
-            row[f"vi_{threat}"] = rd.mean_or_none(r["robust_eval"][threat]["vi"] for r in group)
+            row[f"psnr_adv_{threat}"] = rd.mean_or_none(f["psnr_adv"] for f in under(group, threat))
+            row[f"vi_{threat}"] = rd.mean_or_none(f["vi"] for f in under(group, threat))
             if control:  # the attacked RD curve against the control's
                 row[f"bd_rate_adv_{threat}_pct"], _ = _bd(bd_rate, control, group, threat, ATTACKED)
                 row[f"bd_psnr_adv_{threat}_db"], _ = _bd(bd_psnr, control, group, threat, ATTACKED)
@@ -130,13 +144,10 @@ def gain_figure(rows: list[dict], runs: list[dict]) -> Figure:
     for axis, threat in zip(axes[1:], threats, strict=True):
         for method in sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)):
             group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
-            figures = [r["robust_eval"][threat] for r in group]
+            figures = under(group, threat)
             axis.plot([f["bpp_adv"] for f in figures], [f["psnr_adv"] for f in figures], marker="o",
                       lw=2 if method == CONTROL else 1, label=f"{method}, attacked")  # fmt: skip
-        control = [
-            r["robust_eval"][threat]
-            for r in sorted(by_method.get(CONTROL, []), key=lambda r: r["lmbda"] or 0)
-        ]
+        control = under(sorted(by_method.get(CONTROL, []), key=lambda r: r["lmbda"] or 0), threat)
         if control:
             axis.plot([f["bpp_clean"] for f in control], [f["psnr_clean"] for f in control], "k--",
                       label=f"{CONTROL}, clean")  # fmt: skip
