@@ -149,7 +149,7 @@ def gain_figure(rows: list[dict], runs: list[dict]) -> Figure:
                       lw=2 if method == CONTROL else 1, label=f"{method}, attacked")  # fmt: skip
         control = under(sorted(by_method.get(CONTROL, []), key=lambda r: r["lmbda"] or 0), threat)
         if control:
-            axis.plot([f["bpp_clean"] for f in control], [f["psnr_clean"] for f in control], "k--",
+            axis.plot([f["bpp_clean"] for f in control], [f["psnr_clean"] for f in control], "k--x",
                       label=f"{CONTROL}, clean")  # fmt: skip
             jpeg = [f for f in control if f.get("psnr_jpeg") is not None]
             axis.plot([f["bpp_jpeg"] for f in jpeg], [f["psnr_jpeg"] for f in jpeg], "s:", color="gray",
