@@ -52,16 +52,13 @@ def _bd(
     function, anchor: list[dict], test: list[dict], threat: str, curve: tuple[str, str] = CLEAN
 ) -> tuple[float | None, str | None]:
     rate, quality = curve
-    anchor, test = (
-        [r for r in anchor if threat in r["robust_eval"]],
-        [r for r in test if threat in r["robust_eval"]],
-    )
+    anchor, test = under(anchor, threat), under(test, threat)
     try:
         value = function(
-            [r["robust_eval"][threat][rate] for r in anchor],
-            [r["robust_eval"][threat][quality] for r in anchor],
-            [r["robust_eval"][threat][rate] for r in test],
-            [r["robust_eval"][threat][quality] for r in test],
+            [f[rate] for f in anchor],
+            [f[quality] for f in anchor],
+            [f[rate] for f in test],
+            [f[quality] for f in test],
         )
     except (ValueError, KeyError, TypeError) as err:
         return None, str(err)
