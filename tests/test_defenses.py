@@ -159,7 +159,7 @@ def test_latent_clamp_ranges_survive_save_and_load_and_clamp_y(tiny_codec, photo
     codec = DefendedCodec(tiny_codec, [clamp])
     loaded = DefendedCodec(tiny_codec, [LatentClamp(low=[0.0] * 24, high=[0.0] * 24)])
     loaded.load_state_dict(codec.state_dict())  # the ranges are buffers of the defended codec too
-    assert loaded.clamp.low.tolist() == pytest.approx(ranges["low"])
+    assert loaded.inner[0].low.tolist() == pytest.approx(ranges["low"])
     # Inside the ranges nothing changes; a brighter image's y is clamped.
     assert torch.equal(compress_decompress(codec, photos)[0], compress_decompress(tiny_codec, photos)[0])
     with clamp.installed(tiny_codec):

@@ -1,5 +1,6 @@
-"""A plug-in of each kind (attack, defense, training method) in a package outside rnic, with its yaml on
-Hydra's search path, runs through attack.py's job and train.py's without editing any rnic file."""
+"""A plug-in of each kind (attack, image and codec defense, training method) in a package outside rnic,
+with its yaml on Hydra's search path, runs through attack.py's job and train.py's without editing any rnic
+file."""
 
 import json
 import textwrap
@@ -14,7 +15,7 @@ PACKAGE = '''
 import torch
 
 from rnic.attacks import Attack
-from rnic.defenses import ImageDefense
+from rnic.defenses import CodecDefense, ImageDefense
 from rnic.methods import TrainingMethod, rd_step
 
 
@@ -41,6 +42,19 @@ class Posterize(ImageDefense):
         return torch.round(x * (self.levels - 1)) / (self.levels - 1), None
 
 
+class Mirror(CodecDefense):
+    """Code the image and its mirror image; send the closer decoded one (1 header bit)."""
+
+    name = "mirror"
+    variants = 2
+
+    def apply(self, x, k):
+        return x.flip(-1) if k else x
+
+    def undo(self, x_hat, k):
+        return x_hat.flip(-1) if k else x_hat
+
+
 class FlipTraining(TrainingMethod):
     """The RD loss with the first `ratio` of the batch mirrored."""
 
@@ -64,6 +78,10 @@ YAML = {
         posterize:
           _target_: toyplug.Posterize
           levels: 16
+    """,
+    "defense/mirror.yaml": """
+        mirror:
+          _target_: toyplug.Mirror
     """,
     "experiment/flip.yaml": """
         # @package _global_
@@ -95,6 +113,39 @@ def test_a_plugin_attack_and_defense_run_through_attack_py(plugins, tmp_path):
     (image,) = results["images"]
     assert image["linf"] == pytest.approx(4.0, abs=1e-3)  # the plug-in's budget, 4/255, on decoded bits
     assert image["psnr_adv"] < image["psnr_clean"]
+
+
+def test_a_plugin_codec_defense_sends_its_closest_variant(plugins, tmp_path):
+    """attack.py behind an image and a codec plug-in: each image's clean figures are those of the closer of
+    its two variants coded alone (behind the image defense), plus the header's one byte."""
+    from torchvision.transforms import v2
+
+    from rnic import rd
+    from rnic.coding import compress_decompress
+    from rnic.config import codec_from_config
+    from rnic.data import SampleImages, read_image
+    from rnic.defenses import build_defenses
+
+    out = tmp_path / "attack"
+    cfg = compose_config(out, plugins, "attack=none", "defense=[posterize,mirror]", "max_images=2",
+                         "data.val_crop=128", config_name="attack")  # fmt: skip
+    evaluate_robustness(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["defense"] == ["posterize", "mirror"]
+    codec = codec_from_config(cfg).eval()
+    posterize = build_defenses({"posterize": cfg.defense.posterize})["posterize"]
+    for record, path in zip(results["images"], SampleImages().splits()["val"], strict=False):
+        x = v2.CenterCrop(128)(read_image(path))[None]
+        coded = posterize.encode(x, None)[0]
+        variants = []
+        for k in (0, 1):
+            x_hat, bpp = compress_decompress(codec, coded.flip(-1) if k else coded)
+            error = rd.mse((x_hat.flip(-1) if k else x_hat).clamp(0, 1), coded)
+            variants.append((float(error), k, x_hat, float(bpp)))
+        _, k, x_hat, bpp = min(variants, key=lambda v: v[0])
+        decoded = x_hat.flip(-1) if k else x_hat
+        assert record["psnr_clean"] == pytest.approx(float(rd.psnr(decoded, x)), abs=1e-4)
+        assert record["bpp_clean"] == pytest.approx(bpp + 8 / 128**2, rel=1e-9)
 
 
 def test_a_plugin_training_method_runs_through_train_py(plugins, tmp_path):

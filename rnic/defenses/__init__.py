@@ -5,8 +5,9 @@ every attack, the ensembles and the real-bitstream figures work on it unchanged:
 
 - image defenses (rnic.defenses.image) run in their listed order before encoding, and the two-way ones
   (`resize`, `random_transform`) undo themselves in reverse order after decoding;
-- `self_ensemble` (rnic.defenses.codec) and `latent_clamp` (rnic.defenses.latent) act on the codec itself,
-  wherever they are listed.
+- codec defenses (rnic.defenses.inner: `self_ensemble`; `latent_clamp` in rnic.defenses.latent) act on the
+  codec itself, wherever they are listed: they may wrap it while it codes and code each image in several
+  variants, the closest decoded one sent.
 
 The forward pass is what an ADAPTIVE attacker differentiates: non-differentiable steps run for real in the
 forward pass and pass a gradient by BPDA (JPEG: Pillow's libjpeg forward, kornia's differentiable JPEG
@@ -23,8 +24,9 @@ rnic builds defenses with.
 """
 
 from rnic.defenses.build import CLASSES, build_defenses, defended, retarget
-from rnic.defenses.codec import DefendedCodec, SelfEnsemble
+from rnic.defenses.codec import DefendedCodec
 from rnic.defenses.image import JPEG, BitDepth, Blur, ImageDefense, Median, Noise, RandomTransform, Resize
+from rnic.defenses.inner import CodecDefense, SelfEnsemble
 from rnic.defenses.latent import LatentClamp
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "JPEG",
     "BitDepth",
     "Blur",
+    "CodecDefense",
     "DefendedCodec",
     "ImageDefense",
     "LatentClamp",

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from rnic.defenses.codec import DefendedCodec, SelfEnsemble
+from rnic.defenses.codec import DefendedCodec
 from rnic.defenses.image import JPEG, BitDepth, Blur, ImageDefense, Median, Noise, RandomTransform, Resize
+from rnic.defenses.inner import CodecDefense, SelfEnsemble
 from rnic.defenses.latent import LatentClamp
 from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
@@ -24,8 +25,9 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
     """Defenses from a `defense=` config (name -> config with `_target_`, in order), from already built
     defenses, or from a list of names with default settings. `none` (or nothing) is no defense.
 
-    A `_target_` may be any image defense (a subclass of ImageDefense, e.g. of a package of your own with
-    its yaml on Hydra's search path); rnic's own names also build from their name alone."""
+    A `_target_` may be any image defense or codec defense (a subclass of ImageDefense or CodecDefense,
+    e.g. of a package of your own with its yaml on Hydra's search path); rnic's own names also build from
+    their name alone."""
     from rnic.config import build  # Hydra, not Lightning
 
     if not spec:
@@ -46,9 +48,13 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
             defense = build(entry)
         else:
             defense = CLASSES[name](**dict(entry or {}))
-        expected = CLASSES.get(name, ImageDefense)
+        expected = CLASSES.get(name, (ImageDefense, CodecDefense))
         if not isinstance(defense, expected):
-            what = f"a {name} defense" if name in CLASSES else "an image defense (rnic.defenses.ImageDefense)"
+            what = (
+                f"a {name} defense"
+                if name in CLASSES
+                else "an image or codec defense (rnic.defenses.ImageDefense, CodecDefense)"
+            )
             raise ValueError(f"defense.{name}._target_ builds a {type(defense).__name__}, not {what}")
         defenses[name] = defense
     return defenses

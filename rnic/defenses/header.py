@@ -8,27 +8,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-SELF_ENSEMBLE_BITS = 3  # the index of one of the 8 flips / rotations
-SELF_ENSEMBLE = -1  # the owner of the self-ensemble's field in a layout
-
 
 def bits_for(count: int) -> int:
     """Bits that tell one of `count` values apart."""
     return max(0, math.ceil(math.log2(count))) if count > 1 else 0
 
 
-def header_layout(stages: Sequence, size: tuple[int, int], ensemble: bool) -> list[tuple[int, int]]:
+def header_layout(stages: Sequence, size: tuple[int, int], inner: Sequence = ()) -> list[tuple[int, int]]:
     """The header's fields of an image of `size`, in order: (owner, width in bits). Each image defense
     (`stages`, in order; owner: its index) with parameters the decoder needs (`fields(size)`: the count of
-    values of each) at the size it sees, then the self-ensemble's index (owner `SELF_ENSEMBLE`)."""
+    values of each) at the size it sees, then each codec defense (`inner`; owner: len(stages) + its index)
+    at the size the codec sees."""
     layout = []
-    for index, stage in enumerate(stages):
-        widths = [bits_for(count) for count in stage.fields(size)]
-        if sum(widths):
+    for index, defense in enumerate([*stages, *inner]):
+        widths = [bits_for(count) for count in defense.fields(size)]
+        if sum(widths):  # a defense's fields all go, or none: its decoder reads them in order
             layout += [(index, width) for width in widths]
-        size = stage.out_size(size)
-    if ensemble:
-        layout.append((SELF_ENSEMBLE, SELF_ENSEMBLE_BITS))
+        if index < len(stages):
+            size = defense.out_size(size)
     return layout
 
 

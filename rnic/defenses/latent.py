@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
+from rnic.defenses.inner import CodecDefense
 
 # Where a checkpoint keeps latent_clamp's measured ranges (rnic checkpoints) or a ranges file keeps them.
 RANGES_KEY = "latent_ranges"
@@ -44,7 +45,7 @@ def read_latent_ranges(path: str | Path) -> dict:
     return {**ranges, "file": str(path), "inside_weights": RANGES_SUFFIX not in path.name}
 
 
-class LatentClamp(nn.Module):
+class LatentClamp(CodecDefense):
     """Chen & Ma's latent clamping: clamp each channel of y = g_a(x) to [low, high], the range measured on
     clean training images (`measure_latent_ranges`), widened by `margin` times its width.
 
@@ -53,7 +54,6 @@ class LatentClamp(nn.Module):
     """
 
     name = "latent_clamp"
-    random = False
 
     def __init__(
         self,
@@ -88,6 +88,17 @@ class LatentClamp(nn.Module):
     def clamp(self, y: Tensor) -> Tensor:
         shape = (1, -1, *[1] * (y.dim() - 2))
         return torch.maximum(torch.minimum(y, self.high.to(y).view(shape)), self.low.to(y).view(shape))
+
+    def check(self, codec: nn.Module) -> None:
+        if not hasattr(codec, "g_a"):
+            raise ValueError(f"defense.latent_clamp: {type(codec).__name__} has no analysis transform g_a")
+        convs = [m for m in codec.g_a.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        channels = convs[-1].out_channels if convs else None  # y's channels (M for the zoo codecs)
+        if channels is not None and channels != self.low.numel():
+            raise ValueError(
+                f"defense.latent_clamp: the stored ranges have {self.low.numel()} channels, "
+                f"the codec's latent has {channels} (ranges of another codec?)"
+            )
 
     @contextmanager
     def installed(self, codec: nn.Module):
