@@ -25,7 +25,7 @@ from rnic.defenses import (
 from rnic.defenses.dihedral import dihedral, inverse_dihedral
 from rnic.defenses.latent import measure_latent_ranges, ranges_file, read_latent_ranges, save_latent_ranges
 from rnic.evaluation import evaluate_robustness
-from tests.conftest import attack_cfg
+from tests.conftest import ROOT, attack_cfg
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +233,19 @@ def test_train_py_validates_through_a_defense(tiny_cfg, tmp_path):
         assert results[f"val/{kind}/bpp_real"] > 0 and results[f"val/{kind}/psnr_real"] is not None
     config = (tmp_path / "config.yaml").read_text()
     assert "jpeg:" in config and "noise:" in config
+
+
+def test_every_defense_yaml_names_its_class_and_every_class_has_one():
+    """conf/defense/<name>.yaml holds one key, <name>, whose _target_ is the class of that `name`."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from rnic.defenses.build import NAMED
+
+    files = {
+        p.stem: OmegaConf.load(p) for p in (ROOT / "conf" / "defense").glob("*.yaml") if p.stem != "none"
+    }
+    assert set(files) == set(NAMED)
+    for name, config in files.items():
+        assert list(config) == [name]
+        assert get_class(config[name]["_target_"]) is NAMED[name]

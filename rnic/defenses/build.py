@@ -13,12 +13,11 @@ from rnic.defenses.inner import CodecDefense, SelfEnsemble
 from rnic.defenses.latent import LatentClamp
 from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
-# The defenses `defense=` names, in their config's spelling.
-CLASSES = {
-    "jpeg": JPEG, "blur": Blur, "median": Median, "bitdepth": BitDepth, "resize": Resize, "noise": Noise,
-    "random_transform": RandomTransform, "self_ensemble": SelfEnsemble, "latent_clamp": LatentClamp,
-    "center_smoothing": CenterSmoothing,
-}  # fmt: skip
+# rnic's defenses, each named by its `name` (the key of its conf/defense/<name>.yaml).
+CLASSES = (
+    JPEG, Blur, Median, BitDepth, Resize, Noise, RandomTransform, SelfEnsemble, LatentClamp, CenterSmoothing,
+)  # fmt: skip
+NAMED = {cls.name: cls for cls in CLASSES}
 
 
 def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]:
@@ -40,19 +39,19 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
         if name == "none" and not entry:
             continue
         configured = isinstance(entry, nn.Module) or bool(entry and "_target_" in entry)
-        if name not in CLASSES and not configured:
-            raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(CLASSES)}")
+        if name not in NAMED and not configured:
+            raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(NAMED)}")
         if isinstance(entry, nn.Module):
             defense = entry
         elif entry and "_target_" in entry:
             defense = build(entry)
         else:
-            defense = CLASSES[name](**dict(entry or {}))
-        expected = CLASSES.get(name, (ImageDefense, CodecDefense))
+            defense = NAMED[name](**dict(entry or {}))
+        expected = NAMED.get(name, (ImageDefense, CodecDefense))
         if not isinstance(defense, expected):
             what = (
                 f"a {name} defense"
-                if name in CLASSES
+                if name in NAMED
                 else "an image or codec defense (rnic.defenses.ImageDefense, CodecDefense)"
             )
             raise ValueError(f"defense.{name}._target_ builds a {type(defense).__name__}, not {what}")
