@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -12,24 +11,23 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from rnic import rd
 from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
 from rnic.card import build_card, write_card
 from rnic.classical import REFERENCES, ClassicalCodec, matched_reference, reference_line
-from rnic.codecs import read_checkpoint
 from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
 from rnic.methods import TrainingMethod, check_method_settings, train_only
+from rnic.run_folder import check_run_folder, resume_config
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +42,6 @@ FINAL_TABLE = (
     ("psnr_in", "input PSNR [dB]", "{:.2f}"),
     ("vi", "VI [dB]", "{:.2f}"),
 )
-# What a training run writes into its folder (Hydra's record and log included).
-RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard", "wandb", "robust_eval", "final_metrics.json", "card.json",
-               "config.yaml", ".hydra", "train.log")  # fmt: skip
-# What a resumed run always takes from the command line rather than from the checkpoint's config.
-RUN_KEYS = ("paths", "ckpt_path", "hydra")
-# ... and also from a run folder's config.yaml, whose paths were resolved to the old folder.
-RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir")
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod | None:
@@ -108,27 +99,6 @@ def plain_metrics(metrics: dict) -> dict:
     return {k: rd.finite_or_none(v) for k, v in metrics.items()}
 
 
-def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
-    """A fresh start never writes over another run: a folder holding a run's outputs takes a resume of its
-    own run (`ckpt_path=` inside it), or `overwrite=true`, which deletes those outputs first (and nothing
-    else the folder holds)."""
-    outputs = [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-    if rank_zero_only.rank != 0 or not outputs:
-        return  # DDP's other ranks run in rank 0's folder
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and Path(ckpt).resolve().is_relative_to(output_dir.resolve()):
-        return
-    if not cfg.get("overwrite"):
-        what = "a resume of another run" if ckpt else "a fresh start"
-        raise ValueError(
-            f"hydra.run.dir={str(output_dir)!r} holds a run already ({what} would write over it): resume it "
-            f"with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, choose another hydra.run.dir, "
-            "or start over in it with overwrite=true (deletes its checkpoints and metrics)"
-        )
-    for path in outputs:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def check_training_settings(cfg: DictConfig, datamodule, codec: torch.nn.Module) -> None:
     """Settings that would train nothing or train on crops the codec cannot take, refused up front."""
     max_steps = int(cfg.trainer.get("max_steps", -1))
@@ -142,59 +112,6 @@ def check_training_settings(cfg: DictConfig, datamodule, codec: torch.nn.Module)
             f"data.patch_size={datamodule.patch_size} is smaller than the codec's stride {stride} "
             f"({cfg.model.codec.get('arch', type(codec).__name__)} downsamples by {stride}): use >= {stride}"
         )
-
-
-def saved_config(ckpt_path: str) -> tuple[dict | None, tuple[str, ...]]:
-    """The config of the run that wrote `ckpt_path` and the keys to take from the command line:
-    the unresolved config stored in the checkpoint, else the run folder's (resolved) config.yaml."""
-    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
-    stored = (ckpt.get("rnic") or {}).get("config")
-    if stored:
-        return stored, RUN_KEYS
-    folder_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
-    if folder_config.is_file():
-        return OmegaConf.to_container(OmegaConf.load(folder_config)), RESOLVED_RUN_KEYS
-    return None, ()
-
-
-def command_line_keys() -> list[str]:
-    """The config keys (or groups) the user set on the command line."""
-    if not HydraConfig.initialized():
-        return []
-    keys = []
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        keys.append(key.split("@", 1)[0])
-    return keys
-
-
-def resume_config(cfg: DictConfig) -> DictConfig:
-    """For `ckpt_path=...`: the run's saved config, with what the command line set on top.
-
-    A resumed run needs no repetition of the original overrides (widths, data, attack); an
-    override that changes the codec's architecture is refused in one line.
-    """
-    saved, run_keys = saved_config(cfg.ckpt_path)
-    if saved is None:
-        return cfg
-    merged = OmegaConf.create(saved)
-    with open_dict(merged):
-        for key in [*command_line_keys(), *run_keys]:
-            if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
-                continue
-            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
-        if "weights" not in command_line_keys() and "model.weights" not in command_line_keys():
-            merged.model.weights = None  # the checkpoint holds the weights; the file may be gone
-    before = OmegaConf.to_container(OmegaConf.create(saved).model.codec, resolve=True)
-    after = OmegaConf.to_container(merged.model.codec, resolve=True)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    if changed:
-        diffs = ", ".join(f"model.codec.{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"ckpt_path={cfg.ckpt_path!r} holds another architecture than the command line asks for "
-            f"({diffs}); drop those overrides to resume"
-        )
-    return merged
 
 
 def train_batches(datamodule, cfg: DictConfig) -> int:
