@@ -89,24 +89,16 @@ def tiny_cfg(tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory) -> Path:
-    """A small hyperprior codec trained for 300 steps on the sample photos (an rnic checkpoint)."""
-    from rnic.training import train
-
-    output_dir = tmp_path_factory.mktemp("trained")
-    cfg = compose_config(
-        output_dir,
-        *TINY,
-        "model.N=32",
-        "model.M=48",
-        "data.batch_size=4",
-        "module.optimizer.lr=1e-3",
-        "trainer.max_steps=300",
-        "trainer.val_check_interval=300",
-        "trainer.log_every_n_steps=50",
-        "callbacks.last_checkpoint.every_n_train_steps=300",
-    )
-    train(cfg)
-    return output_dir / "checkpoints" / "last.ckpt"
+    """A small hyperprior codec (N=32, M=48) trained for 300 steps on the sample photos: a copy, in a
+    session folder (runs may write beside it), of tests/data/hyperprior_n32_m48.ckpt, the weights (rnic
+    checkpoint without optimizer states) of `train(compose_config(DIR, *TINY, "model.N=32", "model.M=48",
+    "data.batch_size=4", "module.optimizer.lr=1e-3", "trainer.max_steps=300",
+    "trainer.val_check_interval=300", "trainer.log_every_n_steps=50",
+    "callbacks.last_checkpoint.every_n_train_steps=300"))` on CPU (bit-identical from run to run; its
+    full config is stored inside)."""
+    copy = tmp_path_factory.mktemp("trained") / "last.ckpt"
+    copy.write_bytes((ROOT / "tests" / "data" / "hyperprior_n32_m48.ckpt").read_bytes())
+    return copy
 
 
 @pytest.fixture(scope="session")
