@@ -84,6 +84,12 @@ class DefendedCodec(nn.Module):
     def header_bits(self, size: tuple[int, int]) -> int:
         return sum(width for _, width in header_layout(self.stages, tuple(size), self.inner))
 
+    def _choice_owner(self) -> int | None:
+        """The header owner of the variant index (None: every image is coded one way)."""
+        if self.choosing.variants == 1:
+            return None
+        return len(self.stages) + list(self.inner).index(self.choosing)
+
     @contextmanager
     def _installed(self):
         with ExitStack() as stack:
@@ -161,7 +167,7 @@ class DefendedCodec(nn.Module):
                         per_image[i] = ([s[i] for s in encoded["strings"]], encoded["shape"])
         layout = header_layout(self.stages, size, self.inner)
         owners, widths = [owner for owner, _ in layout], [width for _, width in layout]
-        chooser = len(self.stages) + list(self.inner).index(self.choosing) if variants > 1 else None
+        chooser = self._choice_owner()
         headers = []
         for i in range(batch):  # each owner's values, in its fields' order
             values = {s: iter(p[i].tolist()) for s, p in enumerate(params) if p is not None}
@@ -181,12 +187,11 @@ class DefendedCodec(nn.Module):
         core_size = stage_size
         layout = header_layout(self.stages, size, self.inner)
         owners, widths = [owner for owner, _ in layout], [width for _, width in layout]
-        variants = self.choosing.variants
-        chooser = len(self.stages) + list(self.inner).index(self.choosing) if variants > 1 else None
+        chooser = self._choice_owner()
         images, stage_params = [], [[] for _ in self.stages]
         for i, header in enumerate(strings[-1]):
             values = unpack(header, widths)
-            k = values[owners.index(chooser)] if variants > 1 else 0
+            k = values[owners.index(chooser)] if chooser is not None else 0
             for s in range(len(self.stages)):
                 stage_params[s].append([v for v, o in zip(values, owners, strict=True) if o == s])
             with self._installed():
