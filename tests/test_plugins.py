@@ -137,13 +137,12 @@ def test_a_plugin_codec_defense_sends_its_closest_variant(plugins, tmp_path):
     for record, path in zip(results["images"], SampleImages().splits()["val"], strict=False):
         x = v2.CenterCrop(128)(read_image(path))[None]
         coded = posterize.encode(x, None)[0]
-        variants = []
+        variants = []  # (error against the coded input, decoded image in the input's geometry, bpp)
         for k in (0, 1):
             x_hat, bpp = compress_decompress(codec, coded.flip(-1) if k else coded)
-            error = rd.mse((x_hat.flip(-1) if k else x_hat).clamp(0, 1), coded)
-            variants.append((float(error), k, x_hat, float(bpp)))
-        _, k, x_hat, bpp = min(variants, key=lambda v: v[0])
-        decoded = x_hat.flip(-1) if k else x_hat
+            decoded = x_hat.flip(-1) if k else x_hat
+            variants.append((float(rd.mse(decoded.clamp(0, 1), coded)), decoded, float(bpp)))
+        _, decoded, bpp = min(variants, key=lambda v: v[0])
         assert record["psnr_clean"] == pytest.approx(float(rd.psnr(decoded, x)), abs=1e-4)
         assert record["bpp_clean"] == pytest.approx(bpp + 8 / 128**2, rel=1e-9)
 

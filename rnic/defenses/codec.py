@@ -189,17 +189,17 @@ class DefendedCodec(nn.Module):
         owners, widths = [owner for owner, _ in layout], [width for _, width in layout]
         chooser = self._choice_owner()
         images, stage_params = [], [[] for _ in self.stages]
-        for i, header in enumerate(strings[-1]):
-            values = unpack(header, widths)
-            k = values[owners.index(chooser)] if chooser is not None else 0
-            for s in range(len(self.stages)):
-                stage_params[s].append([v for v, o in zip(values, owners, strict=True) if o == s])
-            with self._installed():
-                decoded = self.codec.decompress([[stream[i]] for stream in strings[:-1]], shape["inner"][i])
-            decoded = decoded["x_hat"]
-            h, w = self.choosing.variant_size(core_size, k)
-            _, unpadding = compute_padding(h, w, min_div=self.inner_stride)
-            images.append(self.choosing.undo(rd.unpad(decoded, unpadding), k))
+        with self._installed():
+            for i, header in enumerate(strings[-1]):
+                values = unpack(header, widths)
+                k = values[owners.index(chooser)] if chooser is not None else 0
+                for s in range(len(self.stages)):
+                    stage_params[s].append([v for v, o in zip(values, owners, strict=True) if o == s])
+                streams = [[stream[i]] for stream in strings[:-1]]
+                decoded = self.codec.decompress(streams, shape["inner"][i])["x_hat"]
+                h, w = self.choosing.variant_size(core_size, k)
+                _, unpadding = compute_padding(h, w, min_div=self.inner_stride)
+                images.append(self.choosing.undo(rd.unpad(decoded, unpadding), k))
         x_hat = torch.cat(images)
         params = [
             torch.tensor(p, dtype=torch.long, device=x_hat.device) if s in owners else None
