@@ -5,12 +5,13 @@ point; JPEG and WebP code the same image at the highest quality whose real rate 
 learned rate (per image, so that rate allocation across images does not decide). Prints per-point means,
 the gains, and BD-PSNR / BD-rate over the rate points; writes rate_distortion.png and codecs_rd.json.
 
-    python benchmarks/codecs_rd.py [--out DIR] [--ship RUN1 RUN2 RUN3]
+    python benchmarks/codecs_rd.py [--out DIR] [--ship RUN [RUN ...]]
 
 --ship: first write the shipped weights (rnic/weights/<arch>-mse-q<quality>.pth, the codec's state dict) from
-the best checkpoints of the training run folders of quality 1, 2, 3 (in that order), then, after the
+the best checkpoint of each training run folder (its quality read from its config.yaml), then, after the
 benchmark, each file's card (<file>.json beside it): architecture, widths, lambda, data, steps, wall time,
-command, clean RD and the classical figures at the same rate, SHA-256.
+command, the val learning curve, clean RD and the classical figures at the same rate, SHA-256. The other
+rate points keep their weights and cards. learning_curves.png is drawn from the cards that hold a curve.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -83,11 +85,37 @@ def figure(points: list[dict], names: list[str]) -> Figure:
     return fig
 
 
-def card(quality: int, point: dict, run: Path, names: list[str], shipped_from: dict[str, str]) -> dict:
+def run_quality(run: Path) -> int:
+    return int(OmegaConf.load(run / "config.yaml").model.quality)
+
+
+def val_curve(run: Path) -> dict[str, list[float]]:
+    """The run's validations (csv/metrics.csv): step, val RD loss and decoded PSNR on real bitstreams."""
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/clean/loss")]
+    return {
+        "step": [int(r["step"]) for r in rows],
+        "loss": [float(r["val/clean/loss"]) for r in rows],
+        "psnr": [float(r["val/clean/psnr_real"]) for r in rows],
+    }
+
+
+def started_from(weights: str | None, shipped_from: dict[str, str]) -> str | None:
+    """What a finetuned rate point started from: a shipped file (by name) or another run; None: scratch."""
+    if not weights:
+        return None
+    path = Path(weights).resolve()
+    if path.parent == WEIGHTS_DIR.resolve():
+        return path.name
+    return shipped_from.get(str(path), f"run {path.parent.parent.name} (not shipped): {weights}")
+
+
+def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str]) -> dict:
     """A shipped weights file's card, from the training run that made it."""
     config = OmegaConf.load(run / "config.yaml")
     final = json.loads((run / "final_metrics.json").read_text())
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    quality = int(config.model.quality)
     path = shipped_weights(ARCH, "mse", quality)
     return {
         "file": path.name,
@@ -101,14 +129,9 @@ def card(quality: int, point: dict, run: Path, names: list[str], shipped_from: d
         "steps": final["step"],
         "train_seconds": final["train_seconds"],
         "command": "python train.py " + " ".join(overrides),
-        # A finetuned rate point starts from another shipped file (by its name), else from scratch.
-        "started_from": shipped_from.get(
-            str(Path(config.model.weights).resolve()),
-            f"run {Path(config.model.weights).parent.parent.name} (not shipped): {config.model.weights}",
-        )
-        if config.model.get("weights")
-        else None,
+        "started_from": started_from(config.model.get("weights"), shipped_from),
         "val_photos": names,
+        "learning_curve": val_curve(run),
         "clean": {k: point[k] for k in ("learned", *REFERENCES)},
         "means": {
             k: {"psnr": mean(point[k]["psnr"]), "bpp": mean(point[k]["bpp"])}
@@ -117,24 +140,20 @@ def card(quality: int, point: dict, run: Path, names: list[str], shipped_from: d
     }
 
 
-def learning_curves(runs: list[Path]) -> Figure:
-    """Val RD loss and decoded PSNR against the optimizer step of each training run (csv/metrics.csv)."""
+def learning_curves(cards: dict[int, dict]) -> Figure:
+    """Val RD loss and decoded PSNR against the optimizer step, per rate point whose card holds its curve."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_axis, psnr_axis = fig.subplots(1, 2)
-    for quality, run in zip(qualities(ARCH), runs, strict=False):
-        with open(run / "csv" / "metrics.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("val/clean/loss")]
-        steps = [int(r["step"]) for r in rows][1:]  # the starting model's validation left out
-        for axis, key in ((loss_axis, "val/clean/loss"), (psnr_axis, "val/clean/psnr_real")):
-            axis.plot(
-                steps, [float(r[key]) for r in rows][1:], "o-", markersize=3, label=f"quality {quality}"
-            )
+    for quality, curve in ((q, c["learning_curve"]) for q, c in cards.items() if "learning_curve" in c):
+        # The first validation is that of the starting model, before any step.
+        for axis, key in ((loss_axis, "loss"), (psnr_axis, "psnr")):
+            axis.plot(curve["step"][1:], curve[key][1:], "o-", markersize=3, label=f"quality {quality}")
     loss_axis.set(xlabel="optimizer step", ylabel="val RD loss (lmbda * 255^2 * MSE + bpp)", yscale="log")
     psnr_axis.set(xlabel="optimizer step", ylabel="val PSNR, real bitstreams [dB]")
     for axis in (loss_axis, psnr_axis):
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.suptitle(f"{ARCH}: learning curves (quality 2 from scratch; 1 and 3 finetuned from it)")
+    fig.suptitle(f"{ARCH}: learning curves of the shipped rate points")
     return fig
 
 
@@ -151,9 +170,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("benchmark_codecs"))
-    parser.add_argument("--ship", type=Path, nargs="*", help="training run folders of quality 1, 2, 3")
+    parser.add_argument("--ship", type=Path, nargs="*", default=[], help="training run folders to ship")
     args = parser.parse_args()
-    for quality, run in zip(qualities(ARCH), args.ship or [], strict=False):
+    runs = {run_quality(run): run for run in args.ship}
+    # Where a run started from another run that ships in the same call, its card names the shipped file.
+    shipped_from = {
+        str((run / "checkpoints" / "best.ckpt").resolve()): shipped_weights(ARCH, "mse", q).name
+        for q, run in runs.items()
+    }
+    for quality, run in runs.items():
         ship(run / "checkpoints" / "best.ckpt", WEIGHTS_DIR / f"{ARCH}-mse-q{quality}.pth")
     names, x = val_photos()
     points = [rate_point(q, x) for q in qualities(ARCH)]
@@ -178,22 +203,24 @@ def main() -> None:
     summary = {}
     for anchor in REFERENCES:
         psnr, rate = bd(points, anchor)
+        # BD-rate integrates over the PSNR range both curves cover; there may be none.
+        rate = rate if math.isfinite(rate) else None
         summary[anchor] = {"bd_psnr": psnr, "bd_rate": rate}
-        print(f"BD-PSNR vs {anchor}: {psnr:+.2f} dB, BD-rate {rate:+.1f}%")
+        shown = f"{rate:+.1f}%" if rate is not None else "n/a (the curves share no PSNR range)"
+        print(f"BD-PSNR vs {anchor}: {psnr:+.2f} dB, BD-rate {shown}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "codecs_rd.json", {"images": names, "points": points, "bd": summary})
     write_png(args.out / "rate_distortion.png", figure(points, names), dpi=90)
     print(f"outputs in {args.out}")
-    if args.ship:
-        write_png(args.out / "learning_curves.png", learning_curves(args.ship), dpi=90)
-    shipped_from = {
-        str((run / "checkpoints" / "best.ckpt").resolve()): shipped_weights(ARCH, "mse", quality).name
-        for quality, run in zip(qualities(ARCH), args.ship or [], strict=False)
-    }
-    for quality, run in zip(qualities(ARCH), args.ship or [], strict=False):
+    for quality, run in runs.items():
         path = shipped_weights(ARCH, "mse", quality).with_suffix(".json")
-        write_json(path, card(quality, points[quality - 1], run, names, shipped_from))
+        write_json(path, card(points[quality - 1], run, names, shipped_from))
         print(f"card: {path}")
+    cards = {
+        q: json.loads(shipped_weights(ARCH, "mse", q).with_suffix(".json").read_text())
+        for q in qualities(ARCH)
+    }
+    write_png(args.out / "learning_curves.png", learning_curves(cards), dpi=90)
 
 
 if __name__ == "__main__":

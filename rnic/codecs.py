@@ -38,7 +38,7 @@ SHIPPED = {
     "bmshj2018_hyperprior_cpu": {
         "zoo": "bmshj2018-hyperprior",
         "widths": (64, 96),
-        "lambdas": {"mse": (0.0025, 0.0067, 0.03)},
+        "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
     },
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"

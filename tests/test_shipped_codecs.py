@@ -45,8 +45,10 @@ def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
     cards = [card_of(q) for q in qualities(ARCH)]
     rates = [c["means"]["learned"]["bpp"] for c in cards]
     assert rates == sorted(rates) and rates[0] < rates[-1]
-    for card in cards:  # the card's own JPEG figures, per image at that image's learned rate
-        assert card["means"]["learned"]["psnr"] > card["means"]["jpeg"]["psnr"], card["file"]
+    # The card's own JPEG figures, per image at that image's learned rate: at least 1 dB better at every
+    # rate point, 2 dB at the middle one.
+    gains = [c["means"]["learned"]["psnr"] - c["means"]["jpeg"]["psnr"] for c in cards]
+    assert min(gains) >= 1 and gains[1] >= 2, gains
 
 
 def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path):
