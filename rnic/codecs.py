@@ -44,24 +44,26 @@ SHIPPED = {
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def shipped_weights(arch: str, metric: str, quality: int) -> Path:
-    """The shipped weights file of a CPU codec (`SHIPPED`), refused in one line if there is none."""
+def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
+    """The shipped weights file of a CPU codec (`SHIPPED`): the clean codec's, or with `robust` the one
+    finetuned robustly by that training method; refused in one line if there is none."""
     spec = SHIPPED[arch]
-    path = WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}.pth"
+    path = WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}{f'-{robust}' if robust else ''}.pth"
     if metric not in spec["lambdas"] or not path.is_file():
         shipped = sorted(p.name for p in WEIGHTS_DIR.glob(f"{arch}-*.pth"))
+        robust_key = f" model.robust={robust}" if robust else ""
         raise FileNotFoundError(
-            f"model={arch} model.metric={metric} model.quality={quality}: rnic ships no such weights "
-            f"(shipped: {', '.join(shipped) or 'none'})"
+            f"model={arch} model.metric={metric} model.quality={quality}{robust_key}: rnic ships no such "
+            f"weights (shipped: {', '.join(shipped) or 'none'})"
         )
     return path
 
 
-def pretrained_file(arch: str, metric: str, quality: int) -> Path | None:
+def pretrained_file(arch: str, metric: str, quality: int, robust: str | None = None) -> Path | None:
     """Where `model.pretrained=true` weights come from: the shipped file of a CPU codec, or CompressAI's
     download in torch hub's cache (None until it has been downloaded)."""
     if arch in SHIPPED:
-        return shipped_weights(arch, metric, quality)
+        return shipped_weights(arch, metric, quality, robust)
     url = zoo_image.model_urls.get(zoo_name(arch), {}).get(metric, {}).get(int(quality))
     if url is None:
         return None
@@ -108,15 +110,19 @@ def build_codec(
     pretrained: bool = False,
     N: int | None = None,
     M: int | None = None,
+    robust: str | None = None,
 ) -> nn.Module:
     """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths, or one of
     rnic's shipped CPU codecs (`SHIPPED`), whose pretrained weights load from the package, offline.
 
     `N`/`M` override the zoo widths for the quality (e.g. a small codec for a CPU);
-    cheng2020 codecs have a single width `N`.
+    cheng2020 codecs have a single width `N`. `robust` names a training method whose robust finetuning of
+    a shipped codec ships too (with `pretrained`).
     """
     if arch in SHIPPED:
-        return build_shipped(arch, quality, metric, pretrained, N, M)
+        return build_shipped(arch, quality, metric, pretrained, N, M, robust)
+    if robust:
+        raise ValueError(f"model.robust={robust}: rnic ships robust weights only for {', '.join(SHIPPED)}")
     name = zoo_name(arch)
     check_metric(metric)
     valid = qualities(name)
@@ -141,8 +147,12 @@ def build_codec(
     return zoo_image.model_architectures[name](*widths)
 
 
-def build_shipped(arch: str, quality: int, metric: str, pretrained: bool, N: int | None, M: int | None):
+def build_shipped(
+    arch: str, quality: int, metric: str, pretrained: bool, N: int | None, M: int | None, robust: str | None
+):
     spec = SHIPPED[arch]
+    if robust and not pretrained:
+        raise ValueError(f"model.robust={robust} names shipped weights: it needs model.pretrained=true")
     check_metric(metric)
     if int(quality) not in qualities(arch):
         raise ValueError(
@@ -155,7 +165,7 @@ def build_shipped(arch: str, quality: int, metric: str, pretrained: bool, N: int
             f"{arch} was trained with widths {spec['widths']}"
         )
     codec = zoo_image.model_architectures[spec["zoo"]](*widths)
-    return load_weights(codec, shipped_weights(arch, metric, quality)) if pretrained else codec
+    return load_weights(codec, shipped_weights(arch, metric, quality, robust)) if pretrained else codec
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

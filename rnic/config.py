@@ -41,7 +41,7 @@ def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
     if model.get("weights"):
         load_weights(codec, model.weights)
     elif model.get("pretrained") and model.codec.get("arch"):
-        path = pretrained_file(model.codec.arch, model.metric, model.quality)
+        path = pretrained_file(model.codec.arch, model.metric, model.quality, model.get("robust"))
         if path is not None:
             with open_dict(cfg):
                 model.pretrained_file, model.pretrained_sha256 = str(path), file_sha256(path)

@@ -51,19 +51,60 @@ def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
     assert min(gains) >= 1 and gains[1] >= 2, gains
 
 
-def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path):
+ROBUST = (2, "fast")  # the robust finetuning that ships: quality, method
+
+
+def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops):
+    quality, method = ROBUST
+    path = shipped_weights(ARCH, "mse", quality, method)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert (
+        file_sha256(path) == card["sha256"] and card["started_from"] == shipped_weights(ARCH, "mse", 2).name
+    )
+    codec = build_codec(ARCH, quality=quality, pretrained=True, robust=method).eval()
+    codec.update(force=True)
+    x_hat, bpp = compress_decompress(codec, val_crops)
+    for evaluation in card["evaluations"].values():  # each threat's attack measured these very weights
+        assert bpp.tolist() == evaluation["per_image"]["bpp_clean"]
+        assert rd.psnr(x_hat, val_crops).tolist() == pytest.approx(
+            evaluation["per_image"]["psnr_clean"], abs=1e-4
+        )
+    # Other (robust) weights are named in one line, and model.robust needs the shipped weights.
+    with pytest.raises(
+        FileNotFoundError, match=r"model\.robust=nosuch: rnic ships no such weights .*q2-fast\.pth"
+    ):
+        build_codec(ARCH, quality=2, pretrained=True, robust="nosuch")
+    with pytest.raises(
+        ValueError, match=r"model\.robust=fast names shipped weights: it needs model\.pretrained=true"
+    ):
+        build_codec(ARCH, quality=2, robust="fast")
+    with pytest.raises(ValueError, match=r"rnic ships robust weights only for bmshj2018_hyperprior_cpu"):
+        build_codec("bmshj2018_hyperprior", quality=2, robust="fast")
+
+
+@pytest.mark.parametrize("robust", [None, ROBUST[1]])
+def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path, robust):
     from rnic.evaluation import evaluate_robustness
 
-    cfg = compose_config(tmp_path, "attack=none", "max_images=1", config_name="attack")  # attack.py's default
+    # attack.py's default codec: the shipped middle rate point, clean or robust
+    cfg = compose_config(
+        tmp_path, "attack=none", "max_images=1", f"model.robust={robust or 'null'}", config_name="attack"
+    )
     evaluate_robustness(cfg)
-    path = shipped_weights(ARCH, "mse", 2)
+    path = shipped_weights(ARCH, "mse", 2, robust)
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["weights"] == {"pretrained": True, "file": str(path), "sha256": file_sha256(path)}
     config = OmegaConf.load(tmp_path / "config.yaml")
     assert config.model.pretrained_file == str(path) and config.model.pretrained_sha256 == file_sha256(path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["key"]["weights_sha256"] == file_sha256(path)
-    assert results["mean"]["psnr_clean"] == pytest.approx(card_of(2)["clean"]["learned"]["psnr"][0], abs=1e-4)
+    shipped = json.loads(path.with_suffix(".json").read_text())
+    psnr = (
+        shipped["evaluations"]["linf"]["per_image"]["psnr_clean"]
+        if robust
+        else shipped["clean"]["learned"]["psnr"]
+    )
+    assert results["mean"]["psnr_clean"] == pytest.approx(psnr[0], abs=1e-4)
 
 
 def test_a_codec_without_weights_is_refused_by_attack_py_unless_asked_for(tmp_path):

@@ -1,0 +1,147 @@
+"""Ship a robust finetuning of a shipped CPU codec, with its card: the weights its run attacked at the end
+(`robust_eval`), and the clean and attacked figures of that run beside those of its equal-compute clean
+control, so that `model.pretrained=true model.robust=<method>` loads the very weights the figures describe.
+
+    python benchmarks/ship_robust.py RUN --control CONTROL_RUN
+
+RUN and CONTROL_RUN: train.py run folders (e.g. `experiment=cpu_tour` with `adv.method=fast` and with
+`adv.method=none`), same base, same codec passes, each with its `robust_eval/<threat>/results.json`.
+First codes the val photos with those weights and refuses unless the bitstreams are those the run's
+evaluation measured; then writes rnic/weights/<arch>-mse-q<quality>-<method>.pth and its card beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torchvision.transforms import v2
+
+from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
+from rnic.coding import compress_decompress
+from rnic.config import file_sha256
+from rnic.data import SampleImages, read_image
+from rnic.io import atomic_write, write_json
+
+FIGURES = (
+    "psnr_clean",
+    "bpp_clean",
+    "psnr_adv",
+    "bpp_adv",
+    "vi",
+    "psnr_jpeg",
+    "bpp_jpeg",
+    "psnr_webp",
+    "bpp_webp",
+)
+
+
+def evaluations(run: Path) -> dict[str, dict]:
+    """Per threat: the attack that measured the run's final weights, and its per-image figures and means."""
+    found = {}
+    for results_file in sorted((run / "robust_eval").glob("*/results.json")):
+        results = json.loads(results_file.read_text())
+        if not results.get("complete"):
+            raise SystemExit(f"error: {results_file} is an unfinished evaluation")
+        attack = {k: v for k, v in results["key"]["attack"].items() if not k.startswith("_")}
+        per_image = {k: [image[k] for image in results["images"]] for k in FIGURES}
+        found[results_file.parent.name] = {
+            "attack": attack,
+            "eps": results["key"]["eps"],
+            "weights": results["key"]["model"]["weights"],
+            "images": [image["image"] for image in results["images"]],
+            "per_image": per_image,
+            "mean": {k: statistics.fmean(v) for k, v in per_image.items()},
+        }
+    if not found:
+        raise SystemExit(f"error: {run} has no robust_eval/<threat>/results.json")
+    return found
+
+
+def card(run: Path, control: Path, target: Path) -> dict:
+    config = OmegaConf.load(run / "config.yaml")
+    final = json.loads((run / "final_metrics.json").read_text())
+    overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    measured, control_measured = evaluations(run), evaluations(control)
+    control_final = json.loads((control / "final_metrics.json").read_text())
+    if control_final["passes"] != final["passes"] or set(control_measured) != set(measured):
+        raise SystemExit(f"error: {control} is not an equal-compute control of {run} (passes, threats)")
+    arch = config.model.codec.arch
+    first = next(iter(measured.values()))
+    return {
+        "file": target.name,
+        "sha256": file_sha256(target),
+        "architecture": SHIPPED[arch]["zoo"],
+        "widths": {"N": SHIPPED[arch]["widths"][0], "M": SHIPPED[arch]["widths"][1]},
+        "quality": int(config.model.quality),
+        "lmbda": final["lmbda"],
+        "metric": "mse",
+        "method": final["method"],
+        "adv": {k: v for k, v in OmegaConf.to_container(config.adv, resolve=True).items() if k[0] != "_"},
+        "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
+        "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
+        "passes": final["passes"],
+        "optimizer_steps": final["step"],
+        "learning_rate": config.module.optimizer.lr,
+        "train_seconds": final["train_seconds"],
+        "command": "python train.py " + " ".join(overrides),
+        "from_checkpoint": {"file": first["weights"], "sha256": file_sha256(first["weights"])},
+        "val_photos": first["images"],
+        "evaluations": measured,
+        "control": {
+            "command": "python train.py " + " ".join(OmegaConf.load(control / ".hydra" / "overrides.yaml")),
+            "optimizer_steps": control_final["step"],
+            "evaluations": {t: {"eps": e["eps"], "mean": e["mean"]} for t, e in control_measured.items()},
+        },
+    }
+
+
+def check_bitstreams(checkpoint: str, arch: str, quality: int, measured: dict[str, dict]) -> None:
+    """The weights code the val photos to the bitstreams the run's evaluation measured."""
+    codec = load_weights(build_codec(arch, quality=quality), checkpoint).eval()
+    codec.update(force=True)
+    for threat, evaluation in measured.items():
+        paths = {p.stem: p for p in SampleImages().splits()["val"]}
+        x = torch.stack([v2.CenterCrop(256)(read_image(paths[name])) for name in evaluation["images"]])
+        _, bpp = compress_decompress(codec, x)
+        if bpp.tolist() != evaluation["per_image"]["bpp_clean"]:
+            raise SystemExit(f"error: {checkpoint} codes other bitstreams than robust_eval/{threat} measured")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--control", type=Path, required=True)
+    args = parser.parse_args()
+    config = OmegaConf.load(args.run / "config.yaml")
+    arch, quality = config.model.codec.arch, int(config.model.quality)
+    method = json.loads((args.run / "final_metrics.json").read_text())["method"]
+    target = shipped_weights(arch, "mse", quality).with_name(f"{arch}-mse-q{quality}-{method}.pth")
+    measured = evaluations(args.run)
+    checkpoints = {e["weights"] for e in measured.values()}
+    if len(checkpoints) != 1:
+        raise SystemExit(f"error: {args.run}'s evaluations attacked different weights: {sorted(checkpoints)}")
+    (checkpoint,) = checkpoints
+    check_bitstreams(checkpoint, arch, quality, measured)
+    state, _ = read_codec_state(checkpoint)
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
+    robust_card = card(args.run, args.control, target)
+    write_json(target.with_suffix(".json"), robust_card)
+    for threat, evaluation in robust_card["evaluations"].items():
+        e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]
+        print(
+            f"{threat} eps {evaluation['eps']:.4g}: clean {e['psnr_clean']:.2f} dB, {e['bpp_clean']:.3f} bpp "
+            f"(control {c['psnr_clean']:.2f} at {c['bpp_clean']:.3f}); attacked {e['psnr_adv']:.2f} dB "
+            f"(control {c['psnr_adv']:.2f}: {e['psnr_adv'] - c['psnr_adv']:+.2f}); VI {e['vi']:.2f}"
+        )
+    print(f"shipped {checkpoint} as {target} with its card")
+
+
+if __name__ == "__main__":
+    main()
