@@ -35,10 +35,10 @@ def train_small_codec(output_dir: Path) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    from rnic.config import CONF
     from rnic.training import train
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[

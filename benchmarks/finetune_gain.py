@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from rnic.config import CONF
 from rnic.evaluation import evaluate_robustness
 from rnic.training import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
          "trainer.enable_model_summary=false"]  # fmt: skip
 SMALL = ["model.N=32", "model.M=48", "data.patch_size=128", "data.batch_size=4", "data.val_crop=192"]

@@ -26,7 +26,7 @@ from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
-from rnic.methods import TrainingMethod, check_method_settings, train_only
+from rnic.methods import TrainingMethod, check_method_settings, method_class, train_only
 from rnic.run_folder import check_run_folder, resume_config
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,13 @@ def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod
     freezing what `cfg.adv.train` keeps fixed (for every method, the clean control included)."""
     method = cfg.adv.get("method", "mix")
     check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
+    cls = method_class(method)
     train_only(codec, cfg.adv.get("train", "all"))
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
-    if isinstance(attacks[0], NoAttack) and method != "noise":  # noise training needs no attack
-        if method not in ("mix", "none"):
+    if isinstance(attacks[0], NoAttack) and cls.needs_attack:
+        if not cls.clean_without_attack:
             raise ValueError(f"adv.method={method} needs an attack: set attack=linf (or l2, apgd, auto)")
         return None
     settings = OmegaConf.to_container(cfg.adv, resolve=True)
@@ -293,9 +294,7 @@ def training_cost(module, seconds: float) -> dict:
         "forward_passes": module.forward_passes_total,
         "train_seconds": seconds,
     }
-    if getattr(method, "name", None) == "fast":
-        cost["fast_collapse_step"] = method.collapsed_at
-    return cost
+    return {**cost, **(method.record() if method is not None else {})}
 
 
 @rank_zero_only

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "conf"  # rnic.config.CONF, seen from the tests
 
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)

@@ -12,7 +12,7 @@ import torch
 from rnic import rd
 from rnic.attacks import PGD, Threat, quantization_proxy
 from rnic.codecs import build_codec
-from rnic.methods import FreeTraining, build_method
+from rnic.methods import FreeTraining, TrainingMethod, build_method
 from rnic.module import CodecModule
 from rnic.report.bd import bd_psnr, bd_rate
 from rnic.training import build_adversarial, train
@@ -155,6 +155,22 @@ def test_the_latent_term_needs_no_decoder(photos):
     handle.remove()
     assert not decoded and float(term) > 0
     assert float(method.term(module, source, source, None)) == 0
+
+
+def test_every_method_yaml_builds_the_method_of_its_name(monkeypatch):
+    """adv.method=NAME builds the class that conf/method/NAME.yaml names, recorded under NAME; an unknown
+    name is refused with the names of that folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a job: rnic's conf/ alone
+    names = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    assert len(names) >= 8 and set(EXPECTED) <= set(names)
+    attack = PGD(build_codec("bmshj2018_factorized", N=16, M=24), eps=4 / 255, steps=1)
+    for name in names:
+        method = build_method(attack, method=name)
+        assert isinstance(method, TrainingMethod) and method.name == name == type(method).name
+    with pytest.raises(ValueError, match=f"choose one of: {', '.join(names)}$"):
+        build_method(attack, method="pgd")
 
 
 @pytest.mark.parametrize(

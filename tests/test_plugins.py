@@ -83,10 +83,8 @@ YAML = {
         mirror:
           _target_: toyplug.Mirror
     """,
-    "experiment/flip.yaml": """
-        # @package _global_
-        adv:
-          method: toyplug.FlipTraining
+    "method/flip.yaml": """
+        _target_: toyplug.FlipTraining
     """,
 }
 
@@ -148,7 +146,7 @@ def test_a_plugin_codec_defense_sends_its_closest_variant(plugins, tmp_path):
 
 
 def test_a_plugin_training_method_runs_through_train_py(plugins, tmp_path):
-    overrides = (plugins, "experiment=flip", "attack=linf", "attack.steps=1", "adv.validate=false")
+    overrides = (plugins, "adv.method=flip", "attack=linf", "attack.steps=1", "adv.validate=false")
     train(compose_config(tmp_path, *TINY, *tiny_widths([]), *overrides))
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["method"] == "flip" and final["passes"] == pytest.approx(4.0)

@@ -23,14 +23,13 @@ The names below are the package's public API: the `_target_`s of conf/defense/*.
 rnic builds defenses with.
 """
 
-from rnic.defenses.build import CLASSES, build_defenses, defended, retarget
+from rnic.defenses.build import build_defenses, defended, retarget
 from rnic.defenses.codec import DefendedCodec
 from rnic.defenses.image import JPEG, BitDepth, Blur, ImageDefense, Median, Noise, RandomTransform, Resize
 from rnic.defenses.inner import CodecDefense, SelfEnsemble
 from rnic.defenses.latent import LatentClamp
 
 __all__ = [
-    "CLASSES",
     "JPEG",
     "BitDepth",
     "Blur",

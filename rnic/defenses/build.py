@@ -5,56 +5,53 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from rnic.defenses.codec import DefendedCodec
-from rnic.defenses.image import JPEG, BitDepth, Blur, ImageDefense, Median, Noise, RandomTransform, Resize
-from rnic.defenses.inner import CodecDefense, SelfEnsemble
-from rnic.defenses.latent import LatentClamp
+from rnic.defenses.image import ImageDefense
+from rnic.defenses.inner import CodecDefense
 from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
-# rnic's defenses, each named by its `name` (the key of its conf/defense/<name>.yaml).
-CLASSES = (
-    JPEG, Blur, Median, BitDepth, Resize, Noise, RandomTransform, SelfEnsemble, LatentClamp, CenterSmoothing,
-)  # fmt: skip
-NAMED = {cls.name: cls for cls in CLASSES}
+KINDS = (ImageDefense, CodecDefense, CenterSmoothing)
 
 
 def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]:
     """Defenses from a `defense=` config (name -> config with `_target_`, in order), from already built
-    defenses, or from a list of names with default settings. `none` (or nothing) is no defense.
+    defenses, or from a list of names, each built from its conf/defense/<name>.yaml (on Hydra's search
+    path; see rnic.config.config_group). `none` (or nothing) is no defense.
 
     A `_target_` may be any image defense or codec defense (a subclass of ImageDefense or CodecDefense,
-    e.g. of a package of your own with its yaml on Hydra's search path); rnic's own names also build from
-    their name alone."""
-    from rnic.config import build  # Hydra, not Lightning
+    e.g. of a package of your own with its yaml on Hydra's search path)."""
+    from rnic.config import build, config_group  # Hydra, not Lightning
 
     if not spec:
         return {}
     if isinstance(spec, str):
         spec = [spec]
     items = spec.items() if isinstance(spec, Mapping) else [(name, {}) for name in spec]
-    defenses = {}
+    defenses, options = {}, None
     for name, entry in items:
         if name == "none" and not entry:
             continue
-        configured = isinstance(entry, nn.Module) or bool(entry and "_target_" in entry)
-        if name not in NAMED and not configured:
-            raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(NAMED)}")
         if isinstance(entry, nn.Module):
             defense = entry
-        elif entry and "_target_" in entry:
-            defense = build(entry)
         else:
-            defense = NAMED[name](**dict(entry or {}))
-        expected = NAMED.get(name, (ImageDefense, CodecDefense))
-        if not isinstance(defense, expected):
-            what = (
-                f"a {name} defense"
-                if name in NAMED
-                else "an image or codec defense (rnic.defenses.ImageDefense, CodecDefense)"
+            if not (entry and "_target_" in entry):  # a name: its yaml, with these settings over it
+                options = options if options is not None else config_group("defense")
+                if name not in options.get(name, {}):
+                    known = [n for n in options if n != "none"]
+                    raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(known)}")
+                own = OmegaConf.to_container(options[name][name])
+                # Settings the yaml takes from a run's config (${model.weights}) are left to the class.
+                own = {key: value for key, value in own.items() if "${" not in str(value)}
+                entry = {**own, **dict(entry or {})}
+            defense = build(OmegaConf.create(entry) if isinstance(entry, dict) else entry)
+        if not isinstance(defense, KINDS):
+            raise ValueError(
+                f"defense.{name}._target_ builds a {type(defense).__name__}, not an image or codec defense "
+                "(rnic.defenses.ImageDefense, CodecDefense)"
             )
-            raise ValueError(f"defense.{name}._target_ builds a {type(defense).__name__}, not {what}")
         defenses[name] = defense
     return defenses
 

@@ -22,8 +22,8 @@ consistency, teacher and latent take their adversarial examples from the configu
 optimizer updates. Every method takes `adv.train=all|encoder|decoder` (applied by the training job, the
 control included): encoder-only keeps the decoder and the bitstream format of the starting codec.
 
-A method is a class of this package with a `name`, listed once in `CLASSES`; `adv.method` also takes
-the import path of a TrainingMethod subclass of your own (`adv.method=mypackage.PairedTraining`).
+`adv.method=NAME` builds the class that `conf/method/NAME.yaml` names by its `_target_`; a method of your
+own is a TrainingMethod subclass with such a yaml on Hydra's search path (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -42,19 +42,14 @@ from rnic.methods.free import FreeTraining
 from rnic.methods.mix import MixTraining
 from rnic.methods.passes import PassCount, count_passes
 
-CLASSES = (
-    CleanTraining, MixTraining, FreeTraining, FastTraining, ConsistencyTraining, TeacherTraining,
-    LatentConsistency, NoiseTraining,
-)  # fmt: skip
-METHODS = tuple(cls.name for cls in CLASSES)
 # The parts of a CompressAI codec that learn under `adv.train` (the rest, entropy models included, frozen).
 TRAINED_PARTS = {"encoder": ("g_a", "h_a"), "decoder": ("g_s",)}
 
 __all__ = [
-    "CLASSES", "METHODS", "CleanTraining", "ConsistencyTraining", "FastTraining", "FreeTraining",
+    "CleanTraining", "ConsistencyTraining", "FastTraining", "FreeTraining",
     "LatentConsistency", "MixTraining", "NoiseTraining", "PassCount", "RandomStartFGSM", "Step",
-    "TeacherTraining", "TrainingMethod", "build_method", "check_method_settings", "count_passes", "rd_step",
-    "train_only",
+    "TeacherTraining", "TrainingMethod", "build_method", "check_method_settings", "count_passes",
+    "method_class", "rd_step", "train_only",
 ]  # fmt: skip
 
 
@@ -68,21 +63,20 @@ def _keys(cls: type) -> set[str]:
 
 
 def method_class(method: str) -> type[TrainingMethod]:
-    """The class `adv.method` names: one of rnic's (`METHODS`), or an import path `package.Class`."""
-    named = [cls for cls in CLASSES if cls.name == method]
-    if named:
-        return named[0]
-    if "." in method:
-        try:
-            cls = get_class(method)
-        except Exception as err:  # Hydra wraps the import error
-            raise ValueError(f"adv.method={method!r} cannot be imported: {err}") from None
-        if isinstance(cls, type) and issubclass(cls, TrainingMethod):
-            return cls
-        raise ValueError(f"adv.method={method!r} is not a training method (rnic.methods.TrainingMethod)")
-    raise ValueError(
-        f"adv.method={method!r} is unknown; choose one of: {', '.join(METHODS)} (or a package.Class of yours)"
-    )
+    """The class that `conf/method/<method>.yaml` names (`adv.method`), from Hydra's search path."""
+    from rnic.config import config_group  # Hydra, not Lightning
+
+    options = config_group("method")
+    if method not in options:
+        raise ValueError(f"adv.method={method!r} is unknown; choose one of: {', '.join(options)}")
+    target = options[method].get("_target_")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra wraps the import error
+        raise ValueError(f"method/{method}.yaml: _target_ {target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
+        raise ValueError(f"method/{method}.yaml: _target_ {target!r} is not a rnic.methods.TrainingMethod")
+    return cls
 
 
 def build_method(attack: Attack, method: str = "mix", **settings) -> TrainingMethod:
@@ -90,7 +84,9 @@ def build_method(attack: Attack, method: str = "mix", **settings) -> TrainingMet
     such as free's `replays` for mix, do not concern it)."""
     check_method_settings(method, settings.get("replays", 4), settings.get("beta", 1.0))
     cls = method_class(method)
-    return cls(attack, **{key: value for key, value in settings.items() if key in _keys(cls)})
+    built = cls(attack, **{key: value for key, value in settings.items() if key in _keys(cls)})
+    built.name = method  # the name its runs are recorded under
+    return built
 
 
 def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> None:

@@ -48,6 +48,10 @@ class TrainingMethod:
     """
 
     name = ""
+    # With attack=none: False runs the method anyway (it needs no attack: noise); True with
+    # `clean_without_attack` makes the run plain RD training (mix, none); otherwise the run is refused.
+    needs_attack = True
+    clean_without_attack = False
 
     def __init__(
         self,
@@ -82,6 +86,10 @@ class TrainingMethod:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def record(self) -> dict:
+        """The method's own figures for final_metrics.json (fast: the step of a collapse)."""
+        return {}
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         """Modules the method runs besides the codec, by name (the teacher's codec)."""

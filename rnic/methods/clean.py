@@ -14,6 +14,7 @@ class CleanTraining(TrainingMethod):
     """`none`: clean training; the attack validates only (the control of a study)."""
 
     name = "none"
+    clean_without_attack = True
 
     def training_loss(self, module, x: Tensor) -> Step:
         return rd_step(module.codec, x, x, module.lmbda, module.metric)
@@ -25,6 +26,7 @@ class NoiseTraining(TrainingMethod):
     attack (attack=none); with one, the attack validates only."""
 
     name = "noise"
+    needs_attack = False
 
     def __init__(self, attack: Attack, sigma: float = 0.05, **kwargs):
         super().__init__(attack, **kwargs)

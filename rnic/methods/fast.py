@@ -117,6 +117,9 @@ class FastTraining(TrainingMethod):
             )
         return {"train/guard_ratio": ratio}
 
+    def record(self) -> dict:
+        return {"fast_collapse_step": self.collapsed_at}
+
     def state_dict(self) -> dict:
         return {"collapsed_at": self.collapsed_at, "guard_values": self.guard_values}
 

@@ -14,6 +14,8 @@ class MixTraining(TrainingMethod):
     on the mixed batch. `every`: new examples every k steps; in between, the last perturbation is
     applied to the new images (cheap, and still within the budget after clipping)."""
 
+    clean_without_attack = True  # the default method: with attack=none, train.py trains clean
+
     name = "mix"
 
     def __init__(self, attack: Attack, every: int = 1, **kwargs):

@@ -13,7 +13,6 @@ from matplotlib.figure import Figure
 
 from rnic import rd
 from rnic.card import read_json
-from rnic.methods import METHODS
 from rnic.report.bd import bd_psnr, bd_rate
 
 CONTROL = "none"
@@ -65,6 +64,11 @@ def _bd(
     return (value if value == value else None), (None if value == value else "the curves do not overlap")
 
 
+def in_order(methods) -> list[str]:
+    """The control first, then the other methods by name."""
+    return sorted(methods, key=lambda m: (m != CONTROL, m))
+
+
 def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[str]]:
     """(rows, columns, notes): per method, means over its rate points; gains against `none`."""
     by_method: dict[str, list[dict]] = defaultdict(list)
@@ -74,8 +78,7 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
     first = threats[0]  # clean figures are the same under every threat: taken from the first
     control = sorted(by_method.get(CONTROL, []), key=lambda r: r.get("lmbda") or 0)
     notes, rows = [], []
-    order = sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
-    for method in order:
+    for method in in_order(by_method):
         group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
         row = {
             "method": method,
@@ -139,7 +142,7 @@ def gain_figure(rows: list[dict], runs: list[dict]) -> Figure:
     for run in runs:
         by_method[run["method"]].append(run)
     for axis, threat in zip(axes[1:], threats, strict=True):
-        for method in sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)):
+        for method in in_order(by_method):
             group = sorted(by_method[method], key=lambda r: r.get("lmbda") or 0)
             figures = under(group, threat)
             axis.plot([f["bpp_adv"] for f in figures], [f["psnr_adv"] for f in figures], marker="o",
