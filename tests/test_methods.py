@@ -31,6 +31,7 @@ EXPECTED = {
     "consistency": [(2.5, 1.0)] * 2,
     "teacher": [(2.5, 1.0)] * 2,  # as consistency, the teacher's forward the term's reference
     "latent": [(2.5, 1.0)] * 2,  # as consistency, its analysis passes counted as whole ones
+    "jacobian": [(2.0, 0.0)] * 2,  # clean 1 + its two reconstructions of the first image (2 x 0.5)
 }
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "adv.validate=false"]
 
@@ -157,6 +158,25 @@ def test_the_latent_term_needs_no_decoder(photos):
     assert float(method.term(module, source, source, None)) == 0
 
 
+def test_the_jacobian_term_is_the_squared_jacobian_vector_product(trained_codec, photos):
+    """jacobian's finite difference at a small step is lmbda 255^2 h^2 ||J v||^2 / pixels, J v the
+    reconstruction's Jacobian-vector product (autograd, quantisation skipped) along the same signs v."""
+    from types import SimpleNamespace
+
+    h, lmbda = 1e-3, 0.0067
+    method = build_method(PGD(trained_codec, eps=4 / 255, steps=1), method="jacobian", jacobian_step=h)
+    x = photos[:, :, :64, :64].clamp(0.01, 0.99)  # away from the clamp to [0, 1]
+    torch.manual_seed(0)
+    term = method.term(SimpleNamespace(codec=trained_codec, lmbda=lmbda), x)
+    torch.manual_seed(0)
+    signs = torch.randint(0, 2, x.shape, dtype=x.dtype) * 2 - 1
+    with quantization_proxy(trained_codec, "skip"):
+        _, jv = torch.autograd.functional.jvp(lambda z: rd.forward_padded(trained_codec, z)[0], x, signs)
+    expected = lmbda * 255**2 * h**2 * jv.pow(2).flatten(1).mean(1)
+    assert float(jv.pow(2).mean()) > 1e-3  # the trained codec passes the perturbation on
+    assert torch.allclose(term.detach(), expected, rtol=0.02)
+
+
 def test_every_method_yaml_builds_the_method_of_its_name(monkeypatch):
     """adv.method=NAME builds the class that conf/method/NAME.yaml names, recorded under NAME; an unknown
     name is refused with the names of that folder."""
@@ -182,6 +202,7 @@ def test_every_method_yaml_builds_the_method_of_its_name(monkeypatch):
         (["adv.method=latent", "adv.adversary=fgsm"], "adv.adversary='fgsm' is unknown"),
         (["adv.method=free", "adv.replays=0"], "adv.replays=0"),
         (["adv.method=consistency", "adv.beta=-1"], "adv.beta=-1"),
+        (["adv.method=jacobian", "adv.jacobian_step=0"], "adv.jacobian_step=0 must be in (0, 1]"),
         (["attack=none", "adv.method=free"], "adv.method=free needs an attack"),
         (["module.max_passes=0"], "module.max_passes=0"),
     ],

@@ -15,6 +15,9 @@ the codec passes they cost (rnic.methods.passes).
   frozen copy of the starting codec (or `adv.teacher=PATH` of the same architecture).
 - `latent`: RD loss on clean images + beta * MSE(g_a(x_adv), g_a(x)) in quantisation bins: the
   analysis transform made insensitive to the perturbation, with no decoder pass in its term.
+- `jacobian`: RD loss on clean images + beta * lmbda * D(x_hat(x + h v), x_hat(x)), v random signs: an
+  input-gradient (Jacobian) penalty without an attack; a codec trained with it is a regularised teacher
+  for `teacher` (`adv.teacher=PATH`), as in Cao et al.
 - `noise`: Gaussian noise on part of each batch, the clean source as the target (center smoothing).
 
 consistency, teacher and latent take their adversarial examples from the configured attack or, with
@@ -39,6 +42,7 @@ from rnic.methods.clean import CleanTraining, NoiseTraining
 from rnic.methods.consistency import ConsistencyTraining, LatentConsistency, TeacherTraining
 from rnic.methods.fast import FastTraining, RandomStartFGSM
 from rnic.methods.free import FreeTraining
+from rnic.methods.jacobian import JacobianPenalty
 from rnic.methods.mix import MixTraining
 from rnic.methods.passes import PassCount, count_passes
 
@@ -46,7 +50,7 @@ from rnic.methods.passes import PassCount, count_passes
 TRAINED_PARTS = {"encoder": ("g_a", "h_a"), "decoder": ("g_s",)}
 
 __all__ = [
-    "CleanTraining", "ConsistencyTraining", "FastTraining", "FreeTraining",
+    "CleanTraining", "ConsistencyTraining", "FastTraining", "FreeTraining", "JacobianPenalty",
     "LatentConsistency", "MixTraining", "NoiseTraining", "PassCount", "RandomStartFGSM", "Step",
     "TeacherTraining", "TrainingMethod", "build_method", "check_method_settings", "count_passes",
     "method_class", "rd_step", "train_only",
