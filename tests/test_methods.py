@@ -247,7 +247,7 @@ def test_bd_rate_wrapper():
 def test_the_study_preset_composes(tmp_path):
     cfg = compose_config(tmp_path, "experiment=robust_methods", "model.weights=w.pt", keep_hydra=True)
     assert set(cfg.hydra.sweeper.params["adv.method"].split(",")) == {
-        "none", "mix", "free", "fast", "consistency", "teacher", "latent"
+        "none", "mix", "free", "fast", "consistency", "teacher", "latent", "jacobian"
     }  # fmt: skip
     assert cfg.hydra.sweeper.params["model.quality"].split(",") == ["1", "2", "3"] and cfg.model.pretrained
     attacks = cfg.robust_eval.attacks
