@@ -251,7 +251,7 @@ def test_report_labels_tell_runs_apart_and_print_short_budgets():
         }
         rows.append({**describe(config), "eps": 0.1 + 0.2, "psnr_in": 30.0, "psnr_adv": 20.0, "vi": -1.0})
     assert label(rows[0], "weights", "eps") == "weights=adversarial/last.ckpt eps=0.3"
-    legend = robustness_figure(rows).axes[0].get_legend()
+    (legend,) = robustness_figure(rows).legends  # one, under both panels
     assert len({t.get_text() for t in legend.get_texts()}) == 2
 
     trainings = [{"run": "a", "attack": "NoAttack", "start_clean_psnr": None, "final_clean_psnr": 24.0}]
@@ -278,3 +278,30 @@ def test_the_report_tabulates_bd_of_attacked_and_finetuned_curves():
     assert attacked["bd_psnr"] == pytest.approx(-0.5, abs=1e-6)
     finetuned = table[("mbt2018 mse APGD eps=0.0157 (clean)", "robust/best.ckpt")]
     assert finetuned["anchor"] == "pretrained" and finetuned["bd_rate"] == pytest.approx(0, abs=1e-9)
+
+
+def test_each_defence_makes_its_own_curves_in_the_report():
+    """Runs behind different defences (and a defence attacked non-adaptively) are separate curves: their
+    BD rows and figure lines never pool points of two set-ups."""
+    from rnic.report.attacks import rate_distortion_figure
+    from rnic.report.bd import bd_rows
+
+    def row(defense, adaptive, bpp, psnr):
+        return {"codec": "mbt2018", "metric": "mse", "attack": "APGD", "eps": 0.0157, "weights": "pretrained",
+                "defense": defense, "adaptive": adaptive, "bpp_clean": bpp, "psnr_clean": psnr,
+                "bpp_adv": bpp * 1.1, "psnr_adv": psnr - 1.0, "bpp_jpeg": bpp,
+                "psnr_jpeg": psnr - 3}  # fmt: skip
+
+    points = [(0.2, 28.0), (0.35, 30.0), (0.6, 32.5)]
+    rows = [row(d, a, b, p - 0.3 * k) for k, (d, a) in enumerate([("none", True), ("jpeg", True),
+            ("jpeg", False)]) for b, p in points]  # fmt: skip
+    attacked = {r["curve"]: r for r in bd_rows(rows) if r["test"] == "attacked"}
+    assert set(attacked) == {
+        "mbt2018 mse pretrained APGD eps=0.0157",
+        "mbt2018 mse pretrained jpeg APGD eps=0.0157",
+        "mbt2018 mse pretrained jpeg non-adaptive APGD eps=0.0157",
+    }
+    assert all(r["points"] == 3 for r in attacked.values())
+    labels = [t.get_text() for t in rate_distortion_figure(rows).legends[0].get_texts()]
+    assert sum("defense=jpeg APGD" in t for t in labels) == 2  # clean and attacked, adaptive only
+    assert not any("non-adaptive" in t for t in labels) and sum(t.startswith("JPEG at") for t in labels) == 1

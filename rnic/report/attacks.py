@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from rnic.card import read_json
 from rnic.classical import LABELS, REFERENCES
-from rnic.report.runs import describe, label, read_card, run_config
+from rnic.report.runs import defense_of, describe, label, read_card, run_config
 
 ATTACK_COLUMNS = (
     "run", "codec", "quality", "metric", "weights", "attack", "eps", "defense", "adaptive", "images",
@@ -60,7 +60,7 @@ def robustness_figure(attacks: list[dict]) -> Figure:
     lines = defaultdict(list)
     for row in attacks:
         if row.get("psnr_in") is not None:
-            lines[label(row, "codec", "quality", "metric", "weights", "attack")].append(row)
+            lines[label(row, "codec", "quality", "metric", "weights", "defense", "attack")].append(row)
     for name, rows in sorted(lines.items()):
         rows.sort(key=lambda r: r["psnr_in"])
         left.plot([r["psnr_in"] for r in rows], [r["psnr_adv"] for r in rows], "o-", label=name)
@@ -69,18 +69,35 @@ def robustness_figure(attacks: list[dict]) -> Figure:
     right.set(xlabel="input PSNR [dB]", ylabel="VI [dB]", title="vulnerability index")
     for axis in (left, right):
         axis.grid(alpha=0.3)
-    if lines:
-        left.legend(fontsize=7)
+    legend_below(figure)
     return figure
 
 
+def legend_below(figure: Figure) -> None:
+    """The legend of the figure's first axes under the axes, the figure grown by its rows (many lines, e.g.
+    one per defence, would otherwise squeeze the axes away)."""
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    if not handles:
+        return
+    width, height = figure.get_size_inches()
+    # About 0.06 in per character at 7 pt, plus the marker: as many columns as the longest label allows,
+    # and the figure widened where even one does not fit.
+    column = 0.06 * max(len(text) for text in labels) + 0.6
+    columns = max(1, min(3, int(width // column)))
+    figure.set_size_inches(max(width, column), height + 0.16 * -(-len(handles) // columns))
+    figure.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=columns)
+
+
 def rate_distortion_figure(attacks: list[dict]) -> Figure:
-    """Real bpp against PSNR across qualities, clean and attacked, per codec, attack and budget."""
+    """Real bpp against PSNR across qualities, clean and attacked, per codec, defence, attack and budget;
+    JPEG and WebP at the undefended lines' rates. A defence's non-adaptive runs are left out: their
+    attacked figures are not those of the defended pipeline (the defences section shows them)."""
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axis = figure.subplots()
     lines = defaultdict(list)
     for row in attacks:
-        lines[label(row, "codec", "metric", "weights", "attack", "eps")].append(row)
+        if defense_of(row) is None or row.get("adaptive", True):
+            lines[label(row, "codec", "metric", "weights", "defense", "attack", "eps")].append(row)
     for name, rows in sorted(lines.items()):
         rows.sort(key=lambda r: r["bpp_clean"])
         (clean,) = axis.plot(
@@ -89,14 +106,13 @@ def rate_distortion_figure(attacks: list[dict]) -> Figure:
         axis.plot([r["bpp_adv"] for r in rows], [r["psnr_adv"] for r in rows], "o-", color=clean.get_color(),
                   label=f"{name} attacked")  # fmt: skip
         for reference, style in zip(REFERENCES, (":", "-."), strict=True):  # at the learned clean rates
-            if all(r.get(f"psnr_{reference}") is not None for r in rows):
+            if defense_of(rows[0]) is None and all(r.get(f"psnr_{reference}") is not None for r in rows):
                 axis.plot([r[f"bpp_{reference}"] for r in rows], [r[f"psnr_{reference}"] for r in rows],
                           style, marker=".", color=clean.get_color(), alpha=0.7,
                           label=f"{LABELS[reference]} at {name}'s rates")  # fmt: skip
     axis.set(xlabel="bpp (real bitstreams)", ylabel="PSNR [dB]", title="rate-distortion, clean vs attacked")
     axis.grid(alpha=0.3)
-    if lines:
-        axis.legend(fontsize=7)
+    legend_below(figure)
     return figure
 
 
@@ -129,7 +145,7 @@ def rate_attack_figure(attacks: list[dict]) -> Figure:
     lines = defaultdict(list)
     for row in attacks:
         if row.get("psnr_in") is not None:
-            lines[label(row, "codec", "quality", "weights", "attack")].append(row)
+            lines[label(row, "codec", "quality", "weights", "defense", "attack")].append(row)
     for name, rows in sorted(lines.items()):
         rows.sort(key=lambda r: r["psnr_in"])
         left.plot([r["psnr_in"] for r in rows], [r["bpp_ratio"] for r in rows], "o-", label=name)
@@ -148,6 +164,5 @@ def rate_attack_figure(attacks: list[dict]) -> Figure:
     )
     for axis in (left, right):
         axis.grid(alpha=0.3)
-    if lines:
-        left.legend(fontsize=7)
+    legend_below(figure)
     return figure

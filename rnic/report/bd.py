@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import bjontegaard
 
 from rnic.classical import LABELS, REFERENCES
+from rnic.report.runs import defense_of
 
 INTERPOLATIONS = ("pchip", "akima", "cubic")  # the package's `method`s
 # report.py's BD table: each curve against its anchor.
@@ -91,10 +92,9 @@ def bd_rows(attacks: list[dict]) -> list[dict]:
     attacked curve against the clean one; and per codec, metric and attack, each checkpoint's curves (clean
     and attacked) against the original weights' (pretrained, or the first weights seen)."""
     curves = defaultdict(list)
-    for row in attacks:
-        curves[
-            (row.get("codec"), row.get("metric"), row.get("attack"), row.get("eps"), row.get("weights"))
-        ].append(row)
+    for row in attacks:  # a defence's runs make their own curves
+        attack = " ".join(filter(None, (defense_of(row), row.get("attack"))))
+        curves[(row.get("codec"), row.get("metric"), attack, row.get("eps"), row.get("weights"))].append(row)
     rows = []
     for (codec, metric, attack, eps, weights), points in sorted(curves.items(), key=str):
         clean = ([p["bpp_clean"] for p in points], [p["psnr_clean"] for p in points])

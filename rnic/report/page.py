@@ -52,6 +52,12 @@ HEADERS = {
     "passes": "codec passes", "wall_s": "wall time [s]", "clean_psnr": "clean PSNR [dB]",
     "clean_bpp": "clean rate [bpp]", "bd_rate_pct": "BD-rate [%]", "bd_psnr_db": "BD-PSNR [dB]",
     "worst_attack": "worst attack", "worst_psnr_adv": "worst attacked PSNR [dB]", "max_vi": "highest VI [dB]",
+    "psnr_cost": "clean PSNR cost [dB]", "bpp_cost": "rate cost [bpp]",
+    "psnr_adv_undefended": "attacked PSNR, no defence [dB]",
+    "psnr_adv_nonadaptive": "attacked PSNR, non-adaptive [dB]",
+    "psnr_adv_adaptive": "attacked PSNR, adaptive [dB]", "vi_nonadaptive": "VI, non-adaptive [dB]",
+    "vi_adaptive": "VI, adaptive [dB]", "gain_nonadaptive": "gain, non-adaptive [dB]",
+    "gain_adaptive": "gain, adaptive [dB]", "bd_rate": "BD-rate [%]", "bd_psnr": "BD-PSNR [dB]",
 }  # fmt: skip
 FIGURE_TITLES = {
     "robust_gain_vs_compute.png": "Robust training methods: VI reduction vs compute, and attacked RD curves",

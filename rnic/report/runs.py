@@ -48,7 +48,19 @@ def read_card(folder: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
+def defense_of(row: dict) -> str | None:
+    """The defence an attack run went through, as a reader names it (None: undefended): `jpeg` attacked
+    through it (adaptive), `jpeg non-adaptive` attacked on the codec alone."""
+    defense = row.get("defense")
+    if not defense or defense == "none":
+        return None
+    return defense if row.get("adaptive", True) else f"{defense} non-adaptive"
+
+
 def label(row: dict, *keys: str) -> str:
+    """A line's name from `keys` of its row; `defense` names the defence it went through, if any."""
+    row = {**row, "defense": defense_of(row)} if "defense" in keys else row
+
     def show(key):
         value = row[key]
         text = f"{value:g}" if isinstance(value, float) else f"{value}"
