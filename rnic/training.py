@@ -26,7 +26,7 @@ from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
-from rnic.methods import TrainingMethod, check_method_settings, method_class, train_only
+from rnic.methods import TrainingMethod, check_method_settings, train_only
 from rnic.run_folder import check_run_folder, resume_config
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod
     """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training), after
     freezing what `cfg.adv.train` keeps fixed (for every method, the clean control included)."""
     method = cfg.adv.get("method", "mix")
-    check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
-    cls = method_class(method)
+    cls = check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
     train_only(codec, cfg.adv.get("train", "all"))
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:

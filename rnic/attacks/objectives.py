@@ -19,6 +19,11 @@ def distortion(a: Tensor, b: Tensor, metric: str) -> Tensor:
     return rd.mse(a, b) if metric == "mse" else 1 - rd.ms_ssim(a, b)
 
 
+def rd_distortion(a: Tensor, b: Tensor, metric: str) -> Tensor:
+    """Per image, the D of the RD loss, in lmbda's units: 255^2 MSE, or 1 - MS-SSIM."""
+    return (255**2 if metric == "mse" else 1.0) * distortion(a, b, metric)
+
+
 @dataclass
 class Context:
     """What the objective compares against, fixed for one attack call."""

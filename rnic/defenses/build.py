@@ -13,7 +13,8 @@ from rnic.defenses.image import ImageDefense
 from rnic.defenses.inner import CodecDefense
 from rnic.smoothing import CenterSmoothing, SmoothedCodec
 
-KINDS = (ImageDefense, CodecDefense, CenterSmoothing)
+# What a defence builds to: a subclass of one of these.
+DEFENSE_BASES = (ImageDefense, CodecDefense, CenterSmoothing)
 
 
 def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]:
@@ -42,12 +43,12 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
                 if name not in options.get(name, {}):
                     known = [n for n in options if n != "none"]
                     raise ValueError(f"defense={name!r} is unknown; choose among: none, {', '.join(known)}")
-                own = OmegaConf.to_container(options[name][name])
+                node = options[name][name]
                 # Settings the yaml takes from a run's config (${model.weights}) are left to the class.
-                own = {key: value for key, value in own.items() if "${" not in str(value)}
+                own = {key: node[key] for key in node if not OmegaConf.is_interpolation(node, key)}
                 entry = {**own, **dict(entry or {})}
-            defense = build(OmegaConf.create(entry) if isinstance(entry, dict) else entry)
-        if not isinstance(defense, KINDS):
+            defense = build(entry)
+        if not isinstance(defense, DEFENSE_BASES):
             raise ValueError(
                 f"defense.{name}._target_ builds a {type(defense).__name__}, not an image or codec defense "
                 "(rnic.defenses.ImageDefense, CodecDefense)"

@@ -86,20 +86,21 @@ def method_class(method: str) -> type[TrainingMethod]:
 def build_method(attack: Attack, method: str = "mix", **settings) -> TrainingMethod:
     """The training method `adv.method` around `attack`, with the `adv.*` settings it takes (the others,
     such as free's `replays` for mix, do not concern it)."""
-    check_method_settings(method, settings.get("replays", 4), settings.get("beta", 1.0))
-    cls = method_class(method)
+    cls = check_method_settings(method, settings.get("replays", 4), settings.get("beta", 1.0))
     built = cls(attack, **{key: value for key, value in settings.items() if key in _keys(cls)})
     built.name = method  # the name its runs are recorded under
     return built
 
 
-def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> None:
-    """Refuse an unknown method, free's m < 1, a negative beta (before anything is built)."""
-    method_class(method)
+def check_method_settings(method: str, replays: int = 4, beta: float = 1.0) -> type[TrainingMethod]:
+    """The class of `method`, after refusing an unknown method, free's m < 1, a negative beta (before
+    anything is built)."""
+    cls = method_class(method)
     if int(replays) != replays or int(replays) < 1:
         raise ValueError(f"adv.replays={replays} must be an integer >= 1 (free's replays per batch)")
     if not float(beta) >= 0:
         raise ValueError(f"adv.beta={beta} must be >= 0")
+    return cls
 
 
 def train_only(codec: nn.Module, part: str) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from rnic import rd
 from rnic.attacks import Attack, Objective, quantization_proxy
-from rnic.attacks.objectives import distortion
+from rnic.attacks.objectives import rd_distortion
 from rnic.codecs import load_codec_state, read_codec_state
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.fast import single_step_of
@@ -79,8 +79,7 @@ class ConsistencyTraining(TrainingMethod):
         with quantization_proxy(module.codec, self.proxy):
             x_hat_adv = rd.forward_padded(module.codec, adversarial)[0]
             reference = self.reference(module, source, clean)
-        scale = 255**2 if self.metric == "mse" else 1.0
-        return module.lmbda * scale * distortion(x_hat_adv, reference, self.metric)
+        return module.lmbda * rd_distortion(x_hat_adv, reference, self.metric)
 
     def training_loss(self, module, x: Tensor) -> Step:
         n = self.count(x.shape[0])

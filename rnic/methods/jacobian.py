@@ -9,7 +9,7 @@ from torch import Tensor
 
 from rnic import rd
 from rnic.attacks import Attack, quantization_proxy
-from rnic.attacks.objectives import distortion
+from rnic.attacks.objectives import rd_distortion
 from rnic.methods.base import Step, TrainingMethod, rd_step
 
 
@@ -44,8 +44,7 @@ class JacobianPenalty(TrainingMethod):
         with quantization_proxy(module.codec, "skip"):
             moved = rd.forward_padded(module.codec, (x + self.jacobian_step * signs).clamp(0, 1))[0]
             still = rd.forward_padded(module.codec, x)[0]
-        scale = 255**2 if self.metric == "mse" else 1.0
-        return module.lmbda * scale * distortion(moved, still, self.metric)
+        return module.lmbda * rd_distortion(moved, still, self.metric)
 
     def training_loss(self, module, x: Tensor) -> Step:
         n = self.count(x.shape[0])
