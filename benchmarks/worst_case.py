@@ -64,7 +64,7 @@ def attacks(codec, threat: str, scale: float, x10: tuple[str, ...] = X10) -> dic
         if factor > 1 and not x10:
             break
         made[f"auto{tag}"] = AutoAttack(
-            codec, threat=threat, eps=eps, steps=steps(100 * factor), queries=steps(1000 * factor),
+            codec, threat=threat, eps=eps, steps=steps(100 * factor), queries=steps(300 * factor),
             select="vi", round_8bit=True,
         )  # fmt: skip
         made[f"apgd{tag}"] = APGD(codec, threat=threat, eps=eps, steps=steps(100 * factor), round_8bit=True)

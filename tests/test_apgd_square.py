@@ -1,5 +1,7 @@
 """APGD, Square and the worst-case ensemble (attack=auto) on a small trained codec, on real bitstreams."""
 
+import inspect
+
 import pytest
 import torch
 from compressai.entropy_models import EntropyModel
@@ -7,7 +9,7 @@ from compressai.models import JointAutoregressiveHierarchicalPriors
 
 import rnic.attacks.proxy
 from rnic import rd
-from rnic.attacks import APGD, PGD, AutoAttack, Ensemble, Objective, Square, Threat
+from rnic.attacks import APGD, PGD, AutoAttack, Ensemble, Objective, Square, Threat, ThresholdAttack
 from rnic.attacks.apgd import NOISE_DRAWS, checkpoints
 from rnic.attacks.square import is_autoregressive, p_fraction, real_forward
 from rnic.coding import compress_decompress
@@ -240,3 +242,35 @@ def test_square_averages_the_draws_of_a_random_defense(trained_codec, photos):
         handle.remove()
     # The objective's context (one forward), Square's clean reference and 5 queries, 3 draws each.
     assert len(calls) == 1 + 3 + 5 * 3
+
+
+def codec_work(codec, attack, x) -> int:
+    """Passes through the codec's analysis transform while `attack` runs on `x`, a backward pass
+    counted as two forwards (its usual cost)."""
+    calls = {"forward": 0, "backward": 0}
+    hooks = [
+        codec.g_a.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1)),
+        codec.g_a.register_full_backward_hook(
+            lambda *_: calls.__setitem__("backward", calls["backward"] + 1)
+        ),
+    ]
+    try:
+        attack(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls["forward"] + 2 * calls["backward"]
+
+
+def test_auto_at_its_defaults_does_about_twice_the_recipes_codec_work(trained_codec, photos):
+    # The target is 3x the recipe's wall time; coding and Square's per-query overhead add 1.2-1.5x to
+    # the passes (docs/results.md), so the passes must stay near 2x. The defaults' ratio (APGD steps :
+    # Square queries : Adam steps) at a tenth of their size.
+    defaults = inspect.signature(AutoAttack).parameters
+    steps, queries = defaults["steps"].default // 10, defaults["queries"].default // 10
+    recipe_steps = inspect.signature(ThresholdAttack).parameters["steps"].default // 10
+    x = photos[:1, :, :64, :64]
+    auto = AutoAttack(trained_codec, threat="mse", steps=steps, queries=queries)
+    recipe = ThresholdAttack(trained_codec, eps=1e-4, steps=recipe_steps)
+    assert auto.adam_steps == recipe_steps  # its threshold member is the recipe's length
+    assert codec_work(trained_codec, auto, x) <= 2.2 * codec_work(trained_codec, recipe, x)

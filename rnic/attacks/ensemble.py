@@ -201,7 +201,7 @@ class AutoAttack(Ensemble):
         threat: str = "linf",
         eps: float | Tensor | None = None,
         steps: int = 100,
-        queries: int = 1000,
+        queries: int = 300,
         select: str = "psnr",
         adam_steps: int | None = None,
         objective: Objective | None = None,
