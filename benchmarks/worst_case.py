@@ -7,7 +7,7 @@ wall time measured side by side in this one run, and which attack wins by VI and
 how much over the runner-up).
 
     python benchmarks/worst_case.py [--codecs shipped-q1 shipped-q2 shipped-q3 small] [--images 2 --size 256]
-        [--scale 1.0] [--x10 auto apgd pgd square]
+        [--scale 1.0] [--x10 auto apgd pgd square] [--threats mse linf]
 
 `shipped-q<k>`: rnic's shipped CPU codec at quality k; `small`: the small hyperprior benchmarks/attacks.py
 trains (300 steps); `PATH=arch:N:M`: your own weights. `--scale` multiplies every attack's steps and
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--x10", nargs="*", default=list(X10), choices=X10)
+    parser.add_argument("--threats", nargs="+", default=list(THREATS), choices=list(THREATS))
     args = parser.parse_args()
     paths = SampleImages().splits()["val"][: args.images]
     x = torch.stack([v2.CenterCrop(args.size)(read_image(p)) for p in paths])
@@ -114,7 +115,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rnic-worst-"))
     for spec in args.codecs:
         codec = load(spec, workdir)
-        for threat in THREATS:
+        for threat in args.threats:
             rows = []
             for name, attack in attacks(codec, threat, args.scale, tuple(args.x10)).items():
                 started = time.perf_counter()
