@@ -18,6 +18,7 @@ that also run at 10x their steps (all by default; `--x10` alone: none).
 from __future__ import annotations
 
 import argparse
+import inspect
 import tempfile
 import time
 from pathlib import Path
@@ -54,28 +55,37 @@ def load(spec: str, workdir: Path) -> torch.nn.Module:
     return codec
 
 
+def budget(cls: type, setting: str = "steps", times: float = 1.0) -> int:
+    """`cls`'s default `setting` (steps or queries) times `times`, at least 1: the library's defaults."""
+    return max(1, round(inspect.signature(cls).parameters[setting].default * times))
+
+
 def attacks(codec, threat: str, scale: float, x10: tuple[str, ...] = X10) -> dict:
     """Every shipped attack at its defaults (and those of `x10` at 10x), under `threat`; the paper's recipe
     under mse."""
     eps = THREATS[threat]
-    steps = lambda n: max(1, round(n * scale))  # noqa: E731
     made = {}
     for factor, tag in ((1, ""), (10, " x10")):
         if factor > 1 and not x10:
             break
+        times = factor * scale
         made[f"auto{tag}"] = AutoAttack(
-            codec, threat=threat, eps=eps, steps=steps(100 * factor), queries=steps(300 * factor),
-            select="vi", round_8bit=True,
+            codec, threat=threat, eps=eps, steps=budget(AutoAttack, times=times),
+            queries=budget(AutoAttack, "queries", times), select="vi", round_8bit=True,
         )  # fmt: skip
-        made[f"apgd{tag}"] = APGD(codec, threat=threat, eps=eps, steps=steps(100 * factor), round_8bit=True)
-        made[f"pgd{tag}"] = PGD(codec, threat=threat, eps=eps, steps=steps(10 * factor), round_8bit=True)
+        made[f"apgd{tag}"] = APGD(
+            codec, threat=threat, eps=eps, steps=budget(APGD, times=times), round_8bit=True
+        )
+        made[f"pgd{tag}"] = PGD(
+            codec, threat=threat, eps=eps, steps=budget(PGD, times=times), round_8bit=True
+        )
         made[f"square{tag}"] = Square(
-            codec, threat=threat, eps=eps, queries=steps(1000 * factor), round_8bit=True
+            codec, threat=threat, eps=eps, queries=budget(Square, "queries", times), round_8bit=True
         )
     made = {name: attack for name, attack in made.items() if " x10" not in name or name.split()[0] in x10}
     if threat == "mse":
         made["paper recipe"] = ThresholdAttack(
-            codec, eps=eps, box=MSE_BOX, steps=steps(1000), round_8bit=True
+            codec, eps=eps, box=MSE_BOX, steps=budget(ThresholdAttack, times=scale), round_8bit=True
         )
     return made
 
