@@ -12,6 +12,7 @@ import torch
 from rnic import rd
 from rnic.attacks import PGD, Threat, quantization_proxy
 from rnic.codecs import build_codec
+from rnic.config import build_attacks
 from rnic.methods import FreeTraining, TrainingMethod, build_method
 from rnic.module import CodecModule
 from rnic.report.bd import bd_psnr, bd_rate
@@ -254,6 +255,22 @@ def test_the_study_preset_composes(tmp_path):
     assert {a._target_ for a in attacks.values()} == {"rnic.attacks.AutoAttack"}
     assert attacks.linf.threat == "linf" and attacks.linf.eps == cfg.attack.eps
     assert attacks.mse.threat == "mse" and attacks.mse.eps == 1e-4
+
+
+def test_the_tour_trains_against_the_objective_its_method_minimises(tmp_path):
+    # mix with target=source minimises the distortion against the source; an adversary that maximised
+    # the distortion against the clean reconstruction trained a less robust codec (docs/studies.md).
+    cfg = compose_config(tmp_path, "experiment=cpu_tour")
+    assert cfg.adv.method == "mix" and cfg.adv.target == "source"
+    assert cfg.attack.objective.reference == "source"
+    codec = build_codec("bmshj2018_hyperprior", N=16, M=24).eval()
+    (attack,) = build_attacks(cfg.attack, codec)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x_adv = (x + 0.03).clamp(0, 1)
+    ctx = attack.objective.context(codec, x, None, None)
+    with torch.no_grad():
+        x_hat = rd.forward_padded(codec, x_adv)[0]
+        assert attack.value(x_adv, ctx).item() == pytest.approx(rd.mse(x_hat, x).item(), rel=1e-4)
 
 
 @pytest.mark.slow
