@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import file_sha256
+from rnic.config import attack_spec, file_sha256
 from rnic.data import SampleImages, read_image
 from rnic.io import atomic_write, write_json
 
@@ -62,14 +62,29 @@ def evaluations(run: Path) -> dict[str, dict]:
     return found
 
 
+def trained_against(attack) -> dict:
+    """The training adversary's class, budget and settings: its objective decides what the codec learns."""
+    spec, _, budgets = attack_spec(attack)
+    return {"attack": spec.pop("_target_"), "eps": budgets[0] if len(budgets) == 1 else budgets,
+            **{k: v for k, v in spec.items() if k[0] != "_"}}  # fmt: skip
+
+
 def card(run: Path, control: Path, target: Path) -> dict:
     config = OmegaConf.load(run / "config.yaml")
     final = json.loads((run / "final_metrics.json").read_text())
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
     measured, control_measured = evaluations(run), evaluations(control)
     control_final = json.loads((control / "final_metrics.json").read_text())
-    if control_final["passes"] != final["passes"] or set(control_measured) != set(measured):
-        raise SystemExit(f"error: {control} is not an equal-compute control of {run} (passes, threats)")
+    # Equal compute: the same budget of passes (a run stops at the first step that reaches it, so the
+    # counts may differ by less than one step's passes) and the same threats evaluated.
+    budget, control_budget = (
+        config.module.max_passes,
+        OmegaConf.load(control / "config.yaml").module.max_passes,
+    )
+    if budget is None or control_budget != budget or set(control_measured) != set(measured):
+        raise SystemExit(
+            f"error: {control} is not an equal-compute control of {run} (module.max_passes, threats)"
+        )
     arch = config.model.codec.arch
     first = next(iter(measured.values()))
     return {
@@ -82,6 +97,7 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "metric": "mse",
         "method": final["method"],
         "adv": {k: v for k, v in OmegaConf.to_container(config.adv, resolve=True).items() if k[0] != "_"},
+        "trained_against": trained_against(config.attack),
         "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
         "passes": final["passes"],
@@ -94,6 +110,7 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "evaluations": measured,
         "control": {
             "command": "python train.py " + " ".join(OmegaConf.load(control / ".hydra" / "overrides.yaml")),
+            "passes": control_final["passes"],
             "optimizer_steps": control_final["step"],
             "evaluations": {t: {"eps": e["eps"], "mean": e["mean"]} for t, e in control_measured.items()},
         },
