@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from rnic import rd
 from rnic.codecs import build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import file_sha256
+from rnic.config import attack_spec, file_sha256
 from rnic.data import SampleImages, read_image
 from tests.conftest import compose_config
 
@@ -51,16 +51,23 @@ def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
     assert min(gains) >= 1 and gains[1] >= 2, gains
 
 
-ROBUST = (2, "fast")  # the robust finetuning that ships: quality, method
+ROBUST = [
+    (1, "mix"),
+    (2, "mix"),
+    (3, "mix"),
+    (2, "fast"),
+]  # the robust finetunings that ship: quality, method
 
 
-def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops):
-    quality, method = ROBUST
+@pytest.mark.parametrize("quality, method", ROBUST)
+def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops, quality, method):
     path = shipped_weights(ARCH, "mse", quality, method)
     card = json.loads(path.with_suffix(".json").read_text())
     assert (
-        file_sha256(path) == card["sha256"] and card["started_from"] == shipped_weights(ARCH, "mse", 2).name
+        file_sha256(path) == card["sha256"]
+        and card["started_from"] == shipped_weights(ARCH, "mse", quality).name
     )
+    assert card["quality"] == quality and card["method"] == method
     codec = build_codec(ARCH, quality=quality, pretrained=True, robust=method).eval()
     codec.update(force=True)
     x_hat, bpp = compress_decompress(codec, val_crops)
@@ -69,6 +76,26 @@ def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops):
         assert rd.psnr(x_hat, val_crops).tolist() == pytest.approx(
             evaluation["per_image"]["psnr_clean"], abs=1e-4
         )
+
+
+def test_the_mix_weights_are_the_tours_method_at_each_quality(tmp_path):
+    # model.robust=mix is documented as experiment=cpu_tour's run from each shipped quality: its card
+    # records the adversary, method and budget it was trained with, and they must be the preset's.
+    cfg = compose_config(tmp_path, "experiment=cpu_tour")
+    spec, _, (eps,) = attack_spec(cfg.attack)
+    for quality in qualities(ARCH):
+        card = json.loads(shipped_weights(ARCH, "mse", quality, "mix").with_suffix(".json").read_text())
+        trained = card["trained_against"]
+        assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
+        for key in ("objective", "threat", "alpha", "steps", "proxy"):
+            assert trained[key] == spec[key], key
+        assert {k: card["adv"][k] for k in ("method", "target", "ratio", "train")} == {
+            k: cfg.adv[k] for k in ("method", "target", "ratio", "train")
+        }
+        assert card["passes"] >= cfg.module.max_passes and card["learning_rate"] == cfg.module.optimizer.lr
+
+
+def test_unknown_robust_weights_are_refused_in_one_line():
     # Other (robust) weights are named in one line, and model.robust needs the shipped weights.
     with pytest.raises(
         FileNotFoundError, match=r"model\.robust=nosuch: rnic ships no such weights .*q2-fast\.pth"
@@ -82,7 +109,7 @@ def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops):
         build_codec("bmshj2018_hyperprior", quality=2, robust="fast")
 
 
-@pytest.mark.parametrize("robust", [None, ROBUST[1]])
+@pytest.mark.parametrize("robust", [None, "mix"])
 def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path, robust):
     from rnic.evaluation import evaluate_robustness
 
