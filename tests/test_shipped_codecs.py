@@ -51,12 +51,8 @@ def test_the_rate_points_are_ordered_and_beat_jpeg_at_the_same_rate():
     assert min(gains) >= 1 and gains[1] >= 2, gains
 
 
-ROBUST = [
-    (1, "mix"),
-    (2, "mix"),
-    (3, "mix"),
-    (2, "fast"),
-]  # the robust finetunings that ship: quality, method
+# The robust finetunings that ship: quality, method.
+ROBUST = [(1, "mix"), (2, "mix"), (3, "mix"), (2, "fast")]
 
 
 @pytest.mark.parametrize("quality, method", ROBUST)
