@@ -77,11 +77,12 @@ def card(run: Path, control: Path, target: Path) -> dict:
     control_final = json.loads((control / "final_metrics.json").read_text())
     # Equal compute: the same budget of passes (a run stops at the first step that reaches it, so the
     # counts may differ by less than one step's passes) and the same threats evaluated.
-    budget, control_budget = (
-        config.module.max_passes,
-        OmegaConf.load(control / "config.yaml").module.max_passes,
-    )
-    if budget is None or control_budget != budget or set(control_measured) != set(measured):
+    budget = config.module.max_passes
+    if (
+        budget is None
+        or OmegaConf.load(control / "config.yaml").module.max_passes != budget
+        or set(control_measured) != set(measured)
+    ):
         raise SystemExit(
             f"error: {control} is not an equal-compute control of {run} (module.max_passes, threats)"
         )
