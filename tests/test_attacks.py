@@ -5,6 +5,7 @@ import torch
 
 from rnic import rd
 from rnic.attacks import PGD, NoAttack, Objective, ThresholdAttack, ZeroGradientError
+from rnic.attacks.objectives import Context
 from rnic.attacks.threat import l2_norm
 from rnic.coding import compress_decompress
 
@@ -197,6 +198,7 @@ def paper_attack(codec, image, steps, eps=1e-4, box=16 / 255, lr=0.01):
             loss = loss_i
         else:
             output = codec.g_s(codec.g_a(im_in))
+            output = _PaperUpBound.apply(_PaperLowBound.apply(output, 0.0), 1.0)  # what the decoder delivers
             loss = 1.0 - torch.mean((output_s - output) ** 2)
         optimizer.zero_grad()
         (noise.grad,) = torch.autograd.grad(loss, noise)
@@ -204,6 +206,18 @@ def paper_attack(codec, image, steps, eps=1e-4, box=16 / 255, lr=0.01):
         if i % (steps // 3) == 0:
             scheduler.step()
     return (torch.round(im_in.detach() * 255) / 255).clamp(0, 1)  # eval(): the last iterate, 8-bit
+
+
+def test_objectives_measure_the_delivered_reconstruction():
+    """The decoder delivers x_hat clamped to [0, 1]: an objective must not score what the clamp removes."""
+    x = torch.full((1, 3, 8, 8), 0.5)
+    raw = torch.full_like(x, 1.5)  # 1.0 once delivered
+    likelihoods = {"y": torch.full((1, 2, 2, 2), 0.5)}
+    ctx = Context(source=x, clean=torch.full_like(x, 0.5), target=torch.full_like(x, 1.0))
+    for kind, reference in (("distortion", "clean"), ("distortion", "source"), ("targeted", "clean")):
+        objective = Objective(kind=kind, reference=reference)
+        value = objective(raw, likelihoods, 64, x, ctx)
+        assert torch.allclose(value, objective(raw.clamp(0, 1), likelihoods, 64, x, ctx)), (kind, reference)
 
 
 def test_the_threshold_attack_is_the_papers_code(trained_codec, photos):

@@ -81,6 +81,9 @@ class Objective:
     ) -> Tensor:
         if self.kind == "rate":
             return rd.estimated_bpp(likelihoods, num_pixels)
+        # The decoder delivers its reconstruction clamped to [0, 1] (as the paper's attack measures it):
+        # distortion the clamp removes is no damage, and an objective on the raw output chases it.
+        x_hat = x_hat.clamp(0, 1)
         if self.kind == "targeted":
             mask = ctx.mask if ctx.mask is not None else 1.0
             return -distortion(x_hat * mask, ctx.target * mask, self.metric)
