@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 import warnings
@@ -47,6 +48,27 @@ def _names(members: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack
             name, k = f"{type(member).__name__}-{k}", k + 1
         named[name] = member
     return named
+
+
+def with_objective(attack: Attack, objective: Objective) -> Attack:
+    """A copy of `attack` that maximises `objective`; an ensemble's members each get it (they attack, the
+    ensemble only selects), the original is left as it was."""
+    copied = copy.copy(attack)
+    copied.objective = objective
+    if isinstance(attack, Ensemble):
+        copied.members = {name: with_objective(m, objective) for name, m in attack.members.items()}
+    return copied
+
+
+def gradient_proxy(attack: Attack) -> str:
+    """The proxy `attack` differentiates through: its own, or an ensemble's first gradient member's (auto
+    leaves its own proxy unset: each member has one)."""
+    if getattr(attack, "proxy", None) is not None:
+        return attack.proxy
+    members = [m for m in getattr(attack, "members", {}).values() if not m.gradient_free]
+    if not members:
+        raise ValueError(f"{type(attack).__name__} has no gradient attack, hence no proxy to differentiate")
+    return gradient_proxy(members[0])
 
 
 def member_seed(seed: int | None, index: int) -> int | None:

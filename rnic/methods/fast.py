@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
-from rnic.attacks import PGD, Attack, Objective, quantization_proxy
+from rnic.attacks import PGD, Attack, Objective, gradient_proxy, quantization_proxy
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.free import threat_of
 
@@ -32,13 +32,14 @@ class RandomStartFGSM(PGD):
 
 
 def single_step_of(attack: Attack, method: str, objective: Objective | None = None) -> RandomStartFGSM:
-    """The single-step counterpart of `attack`: same threat, budget, proxy, delivery and seed."""
+    """The single-step counterpart of `attack`: same threat, budget, proxy (an ensemble's: its first gradient
+    member's), delivery and seed."""
     return RandomStartFGSM(
         attack.codec,
         threat=threat_of(attack, method).name,
         eps=attack.eps,
         objective=objective if objective is not None else attack.objective,
-        proxy=attack.proxy,
+        proxy=gradient_proxy(attack),
         round_8bit=attack.round_8bit,
         seed=attack.seed,
     )
@@ -47,9 +48,10 @@ def single_step_of(attack: Attack, method: str, objective: Objective | None = No
 def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     """The mean value of `attack`'s objective at `x_adv` (no gradient; the codec in eval mode)."""
     codec = attack.codec
-    with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, attack.proxy):
+    with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, gradient_proxy(attack)):
         ctx = attack.objective.context(codec, x, None, None)
-        return attack.value(x_adv, ctx).mean()
+        # Attack.value: an ensemble (auto) has none of its own, but the same codec and objective
+        return Attack.value(attack, x_adv, ctx).mean()
 
 
 class FastTraining(TrainingMethod):
