@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
+from rnic.attacks import rng
 from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
@@ -34,7 +35,8 @@ REFERENCES = ("clean", "source")
 def real_figures(coder: nn.Module, x: Tensor, x_adv: Tensor, clean_hat: Tensor) -> tuple[Tensor, Tensor]:
     """Per image, on decoded bitstreams: the PSNR of the adversarial reconstruction against the source,
     and the VI (rd.vulnerability_index: NaN for an unperturbed image)."""
-    adv_hat = compress_decompress(coder, x_adv)[0]
+    with rng.measured_draws():  # behind a random defense: the draw attack.py reports (rnic.pairs)
+        adv_hat = compress_decompress(coder, x_adv)[0]
     return rd.psnr(adv_hat, x), rd.vulnerability_index(adv_hat, clean_hat, x_adv, x)
 
 
@@ -80,7 +82,8 @@ class Ensemble:
     """Runs `members` in order on the same images (member k with seed + k), and keeps for each image the
     adversarial example whose REAL reconstruction (compressed and decompressed) is worst
     for the codec: by `select`, the lowest PSNR against the source (`psnr`) or the highest VI (`vi`).
-    Per image the result is never better for the codec than any member's (ties go to the earlier).
+    Per image the result is never better for the codec than any member's (ties go to the earlier); behind
+    a random defense every candidate is coded with the draw attack.py measures (`rng.measured_draws`).
 
     A member that cannot run on this codec (ZeroGradientError, e.g. a proxy with zero gradient) is
     skipped with a warning. After a call, `last_report` holds (lists run over the batch's images):
@@ -148,7 +151,8 @@ class Ensemble:
         x = x.detach()
         with rd.evaluating(self.codec):
             coder = coder_on(self.codec, self.coding_device)
-            clean_hat = compress_decompress(coder, x)[0]
+            with rng.measured_draws():
+                clean_hat = compress_decompress(coder, x)[0]
             best = x.clone()
             worst = torch.full((x.shape[0],), -torch.inf, device=x.device)  # how bad for the codec
             best_psnr, best_vi = torch.full_like(worst, torch.nan), torch.full_like(worst, torch.nan)
