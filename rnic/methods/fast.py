@@ -1,5 +1,6 @@
-"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch, guarded against catastrophic
-overfitting; the single step also serves the other methods (`adv.adversary=single_step`)."""
+"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
+box, on the budget's sphere for l2 and mse), guarded against catastrophic overfitting; the single step also
+serves the other methods (`adv.adversary=single_step`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class RandomStartFGSM(PGD):
-    """One ascent step of `step_scale` x the threat's radius from a uniform random start (Wong et al.)."""
+    """One ascent step of `step_scale` x the threat's radius from a random start (Wong et al.): uniform in the
+    L-inf box, on the sphere of the budget for l2 and mse (Threat.random_start)."""
 
     def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
         super().__init__(codec, steps=1, random_start=True, **kwargs)
