@@ -33,6 +33,18 @@ def coder_on(codec: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
     return copy.deepcopy(codec).to(device).eval()
 
 
+def forward_is_decoded(codec: nn.Module) -> bool:
+    """Whether the codec's eval-mode forward reconstructs what its decoder outputs. Not for a codec with a
+    context model (a `context_prediction` module anywhere in it: mbt2018, cheng2020, CompressAI's
+    checkerboard and ELIC latent codecs, and codecs built like them): its forward rounds the latent without
+    the predicted means, the coder codes round(y - mean) + mean. A codec class may declare its own
+    `forward_is_decoded = True / False`."""
+    declared = getattr(codec, "forward_is_decoded", None)
+    if isinstance(declared, bool):
+        return declared
+    return not any(hasattr(module, "context_prediction") for module in codec.modules())
+
+
 def stream_bytes(strings: list[list[bytes]], index: int) -> int:
     """Bytes of image `index` across all the codec's latent streams."""
     return sum(len(stream[index]) for stream in strings)

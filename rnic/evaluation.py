@@ -19,7 +19,7 @@ from rnic.attacks import Threat
 from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.card import build_card
 from rnic.classical import FORMATS, ClassicalCodec, to_uint8
-from rnic.coding import coder_on
+from rnic.coding import coder_on, forward_is_decoded
 from rnic.config import attack_spec, build, build_attacks, codec_from_config
 from rnic.console import budget_summary
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
@@ -154,6 +154,11 @@ class Evaluation:
             return []
         if not isinstance(self.defended, SmoothedCodec):
             raise ValueError("certify=true needs defense=center_smoothing (a certificate is the smoothing's)")
+        if not forward_is_decoded(self.codec):
+            raise ValueError(
+                f"certify=true: {type(self.codec).__name__}'s forward is not what its decoder outputs (a "
+                "context model): the center and its certificate would not be about the decoded image"
+            )
         budgets = [float(eps) for eps in settings.get("eps") or []]
         if not budgets or any(not eps >= 0 for eps in budgets):
             raise ValueError(f"certify.eps={list(settings.get('eps') or [])}: give input radii >= 0 (L2)")

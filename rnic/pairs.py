@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rnic import rd
+from rnic.attacks.rng import measured_draws
 from rnic.classical import matched_reference
 from rnic.coding import compress_decompress, device_of
 
@@ -21,9 +22,12 @@ def code_pair(
     coder: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor
 ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     """Real-bitstream figures of a batch of images and their adversarial versions, one record each."""
-    clean_hat, bpp_clean = compress_decompress(coder, x)
+    # Behind a random defense, each image coded with the draw an ensemble selected on (rng.measured_draws)
+    with measured_draws():
+        clean_hat, bpp_clean = compress_decompress(coder, x)
     choices = {f"{k}_clean": v for k, v in getattr(coder, "last_choice", {}).items()}  # classical coders
-    adv_hat, bpp_adv = compress_decompress(coder, x_adv)
+    with measured_draws():
+        adv_hat, bpp_adv = compress_decompress(coder, x_adv)
     choices.update({f"{k}_adv": v for k, v in getattr(coder, "last_choice", {}).items()})
     columns = {
         "psnr_in": rd.psnr(x_adv, x),

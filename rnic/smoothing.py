@@ -7,11 +7,12 @@ median L2 distance to the other samples is smallest (the approximate center of t
 holds half of them). The encoder draws the noisy copies, picks the center and sends that copy's bitstream;
 the decoder is the plain codec's. A second, independent set of samples checks that the ball around the
 center of the median radius holds enough of the mass (else the smoothing abstains), and a third one
-certifies: with probability >= 1 - alpha (alpha for the prediction, alpha for the certificate),
-||f_bar(x) - f_bar(x')||_2 <= (1 + beta) * R for every ||x - x'||_2 <= eps, where R is the quantile of the
-samples' distances to the center at level Phi(Phi^-1(1/2 + delta) + eps / sigma) + sqrt(ln(1 / alpha) /
-(2 n)), and beta = 2 (the relaxed triangle inequality of the paper's code). Where that level exceeds 1,
-the certificate abstains.
+certifies: with probability >= 1 - 2 alpha (the center's check and the certificate each fail with
+probability <= alpha), ||f_bar(x) - f_bar(x')||_2 <= (1 + beta) * R for every ||x - x'||_2 <= eps, where R
+is the quantile of the samples' distances to the center at level Phi(Phi^-1(1/2 + delta) + eps / sigma) +
+sqrt(ln(1 / alpha) / (2 n)), and beta = 2 is the center-approximation factor (a center chosen among the
+samples is within 2x the smallest ball's radius of its center; the paper's appendix). Where that level
+exceeds 1, the certificate abstains.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from rnic import rd
 from rnic.attacks import rng
 
-RADIUS_COEFF = 3.0  # 1 + beta, beta = 2: the relaxed triangle inequality of the paper's code
+RADIUS_COEFF = 3.0  # 1 + beta, beta = 2: the approximation factor of a center chosen among the samples
 _NORMAL = NormalDist()
 
 
@@ -53,9 +54,10 @@ def center_of(samples: Tensor) -> tuple[int, float]:
 
 class CenterSmoothing(nn.Module):
     """`defense=center_smoothing`: Gaussian noise of `sigma` on the input, `samples` noisy copies for the
-    center and as many for its check, `certify_samples` for a certificate, confidence 1 - `alpha` each;
-    `delta` the margin over half of the mass. `batch`: noisy copies per codec forward. `seed`: the noise of
-    the encoder's draws (per image: every image draws what it would draw alone)."""
+    center and as many for its check, `certify_samples` for a certificate, confidence 1 - `alpha` each
+    (jointly 1 - 2 alpha); `delta` the margin over half of the mass. `batch`: noisy copies per codec
+    forward. `seed`: the noise of the encoder's draws (per image: every image draws what it would draw
+    alone)."""
 
     name = "center_smoothing"
     random = True

@@ -205,3 +205,14 @@ def test_adversarial_finetuning_beats_a_clean_control(tmp_path, trained_checkpoi
     assert adversarial["vi"] < control["vi"] - VI_MARGIN
     assert adversarial["psnr_adv"] > control["psnr_adv"] - ATTACKED_PSNR_TOLERANCE
     assert adversarial["psnr_clean"] > control["psnr_clean"] - CLEAN_PSNR_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("ratio", "batch_size", "expected"),
+    [(0.5, 1, 1), (0.5, 5, 3), (0.3, 10, 3), (0.1, 3, 1), (0.0, 5, 0), (1.0, 5, 5)],
+)
+def test_a_positive_ratio_always_attacks_an_image(ratio, batch_size, expected):
+    """The first ceil(ratio x B) images: a ratio above 0 never trains a batch clean (round half to even
+    made ratio 0.5 attack no image of a batch of 1, and 2 of 5)."""
+    method = MixTraining(PGD(build_codec("bmshj2018_factorized", N=8, M=8)), ratio=ratio)
+    assert method.count(batch_size) == expected

@@ -252,3 +252,36 @@ def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
                 build_defenses([name])
         else:
             assert build_defenses([name])[name].name == name
+
+
+def test_auto_behind_a_random_defense_reports_the_draw_it_selected_on(tmp_path, trained_checkpoint):
+    """Behind a random defense, auto's winner per image and attack.py's figures come from one draw: the
+    reported PSNR is the winner's and never above any member's."""
+    overrides = ["attack=auto", "attack.steps=1", "attack.queries=2", "attack.eot_samples=2", "defense=noise"]
+    overrides += ["data.val_crop=64", "max_images=1", "defense.noise.sigma=0.05"]
+    evaluate_robustness(defense_cfg(tmp_path, trained_checkpoint, *overrides))
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
+    for record in result["images"]:
+        members = [m["psnr_adv"] for m in record["members"].values() if not m.get("skipped")]
+        assert record["psnr_adv"] == pytest.approx(record["members"][record["winner"]]["psnr_adv"], abs=1e-9)
+        assert record["psnr_adv"] <= min(members) + 1e-9
+
+
+def test_a_gradient_attack_takes_the_mean_of_the_draws_as_its_clean_reference(trained_codec, photos):
+    """As Square does: behind a random defense the clean reconstruction the objective compares with is the
+    mean over eot_samples draws, not one draw."""
+    from rnic.defenses import Noise
+
+    class Recording(PGD):  # the real PGD, keeping the context it attacked with
+        def perturb(self, x, ctx, eps):
+            self.ctx = ctx
+            return super().perturb(x, ctx, eps)
+
+    codec = DefendedCodec(trained_codec, [Noise(0.2)], eot_samples=8)
+    x = photos[:1, :, :64, :64]
+    attack = Recording(codec, eps=1 / 255, steps=1)
+    attack(x)
+    with torch.no_grad():
+        draws = torch.stack([rd.forward_padded(codec, x)[0].clamp(0, 1) for _ in range(33)])
+    mean = draws[1:].mean(0)
+    assert rd.mse(attack.ctx.clean, mean) < 0.5 * rd.mse(draws[0], mean)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnic import rd
-from rnic.attacks import PGD, Threat, quantization_proxy
+from rnic.attacks import PGD, Objective, Threat, quantization_proxy
 from rnic.codecs import build_codec
 from rnic.config import build_attacks
 from rnic.methods import FreeTraining, TrainingMethod, build_method
@@ -311,3 +311,33 @@ def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp
     assert float(rows["none"]["psnr_adv_linf_gain"]) == 0  # the control against itself
     assert (report / "robust_gain_vs_compute.png").is_file()
     assert "Robust training methods" in (report / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["consistency", "latent"])
+def test_an_ensemble_adversary_attacks_with_the_method_objective(method):
+    """consistency and latent set the adversary's objective (against the clean reconstruction, the term's
+    metric); with attack=auto every member must get it, not only the ensemble's shallow copy."""
+    from rnic.attacks import AutoAttack
+
+    codec = build_codec("bmshj2018_hyperprior", N=16, M=24)
+    auto = AutoAttack(
+        codec, threat="mse", eps=1e-4, steps=1, objective=Objective(kind="distortion", reference="source")
+    )
+    built = build_method(auto, method=method, metric="mse")
+    members = built.attack.members.values()
+    assert {(m.objective.kind, m.objective.reference, m.objective.metric) for m in members} == {
+        ("distortion", "clean", "mse")
+    }
+    assert {m.objective.reference for m in auto.members.values()} == {"clean", "source"}  # untouched
+
+
+@pytest.mark.parametrize(
+    "overrides", [["adv.method=fast"], ["adv.method=consistency", "adv.adversary=single_step"]]
+)
+def test_a_single_step_from_attack_auto_trains(tiny_cfg, tmp_path, overrides):
+    """fast and single_step take auto's threat and budget and a gradient member's proxy; fast's guard
+    compares auto's examples with the single step's."""
+    auto = ["attack=auto", "attack.threat=linf", "attack.steps=1", "attack.queries=2"]
+    train(tiny_cfg(*auto, *SHORT, *overrides, "trainer.max_steps=1", "adv.guard_every=1"))  # guard: auto
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved["step"] == 1

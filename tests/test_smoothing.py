@@ -120,3 +120,35 @@ def test_noise_training_reconstructs_the_source_from_noisy_inputs(trained_codec,
     with pytest.raises(ValueError, match=r"adv\.sigma=0 must be > 0"):
         NoiseTraining(NoAttack(trained_codec), sigma=0)
     assert rd.psnr(x, noisy).mean() < 25  # the inputs really are noisy
+
+
+def test_certification_is_refused_where_the_forward_is_not_what_the_decoder_outputs(tmp_path):
+    """Context-model codecs (mbt2018, cheng2020, CompressAI's checkerboard and ELIC latent codecs) round
+    their latent without the predicted means in the forward: a certificate computed on it would not be
+    about the decoded image. One predicate decides, from the codec's modules, not from a list of names."""
+    from compressai.models import (
+        Cheng2020AnchorCheckerboard,
+        Elic2022Official,
+        JointAutoregressiveHierarchicalPriors,
+        ScaleHyperprior,
+    )
+
+    from rnic.coding import forward_is_decoded
+    from rnic.evaluation import evaluate_robustness
+
+    assert forward_is_decoded(ScaleHyperprior(N=8, M=8))
+    for codec in (
+        JointAutoregressiveHierarchicalPriors(N=8, M=8),
+        Cheng2020AnchorCheckerboard(N=8),
+        Elic2022Official(N=8, M=160),
+    ):
+        assert not forward_is_decoded(codec), type(codec).__name__
+        assert not forward_is_decoded(SmoothedCodec(codec, CenterSmoothing(samples=100)))
+    cfg = compose_config(
+        tmp_path, "model=mbt2018", "model.N=8", "model.M=8", "model.allow_random_init=true",
+        "data.val_crop=64", "max_images=1", *SMOOTHING, "certify.enabled=true", "attack=none",
+        config_name="attack",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"certify=true: JointAutoregressiveHierarchicalPriors's forward"):
+        evaluate_robustness(cfg)
+    assert not any(tmp_path.iterdir())

@@ -2,7 +2,7 @@
 
 from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, NoAttack, ZeroGradientError, to_8bit
-from rnic.attacks.ensemble import AutoAttack, Ensemble
+from rnic.attacks.ensemble import AutoAttack, Ensemble, gradient_proxy, with_objective
 from rnic.attacks.objectives import Objective
 from rnic.attacks.pgd import PGD
 from rnic.attacks.proxy import quantization_proxy
@@ -24,6 +24,8 @@ __all__ = [
     "ThresholdAttack",
     "Threat",
     "ZeroGradientError",
+    "gradient_proxy",
     "quantization_proxy",
     "to_8bit",
+    "with_objective",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,21 @@ def to_8bit(x: Tensor, x_adv: Tensor) -> Tensor:
     return levels.clamp(0, 255) / 255  # exactly what decoding the 8-bit PNG gives
 
 
+def draws_of(codec: nn.Module) -> int:
+    """How many draws an attack averages over (EOT): the codec's `eot_samples` behind a random defense."""
+    return int(getattr(codec, "eot_samples", 1)) if getattr(codec, "random", False) else 1
+
+
+@torch.no_grad()
+def eot_clean(codec: nn.Module, x: Tensor, ctx: Context) -> Context:
+    """Behind a random defense, the clean reconstruction as the mean over the EOT draws (as Square takes
+    it), not the one draw the objective's context made."""
+    if ctx.clean is None or draws_of(codec) == 1:
+        return ctx
+    draws = [rd.forward_padded(codec, x)[0].clamp(0, 1) for _ in range(draws_of(codec))]
+    return replace(ctx, clean=torch.stack(draws).mean(0))
+
+
 class Attack:
     """Base class: `attack(x)` returns adversarial images in [0, 1], same shape as `x`.
 
@@ -134,7 +150,7 @@ class Attack:
         ):
             if seed is not None:
                 torch.manual_seed(seed)
-            ctx = self.objective.context(self.codec, x, target, mask)
+            ctx = eot_clean(self.codec, x, self.objective.context(self.codec, x, target, mask))
             with quantization_proxy(self.codec, self.proxy):
                 x_adv = self.perturb(x.detach(), ctx, eps)
         x_adv = x_adv.detach().clamp(0, 1)
@@ -154,7 +170,7 @@ class Attack:
     def value(self, x_adv: Tensor, ctx: Context) -> Tensor:
         """The objective of each image, through the codec's forward under the proxy; behind a random
         defense (rnic.defenses), averaged over the codec's `eot_samples` draws (EOT)."""
-        draws = int(getattr(self.codec, "eot_samples", 1)) if getattr(self.codec, "random", False) else 1
+        draws = draws_of(self.codec)
         total = 0.0
         for _ in range(draws):
             x_hat, likelihoods, num_pixels = rd.forward_padded(self.codec, x_adv)

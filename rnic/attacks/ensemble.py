@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 import warnings
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
+from rnic.attacks import rng
 from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
@@ -33,7 +35,8 @@ REFERENCES = ("clean", "source")
 def real_figures(coder: nn.Module, x: Tensor, x_adv: Tensor, clean_hat: Tensor) -> tuple[Tensor, Tensor]:
     """Per image, on decoded bitstreams: the PSNR of the adversarial reconstruction against the source,
     and the VI (rd.vulnerability_index: NaN for an unperturbed image)."""
-    adv_hat = compress_decompress(coder, x_adv)[0]
+    with rng.measured_draws():  # behind a random defense: the draw attack.py reports (rnic.pairs)
+        adv_hat = compress_decompress(coder, x_adv)[0]
     return rd.psnr(adv_hat, x), rd.vulnerability_index(adv_hat, clean_hat, x_adv, x)
 
 
@@ -49,6 +52,27 @@ def _names(members: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack
     return named
 
 
+def with_objective(attack: Attack, objective: Objective) -> Attack:
+    """A copy of `attack` that maximises `objective`; an ensemble's members each get it (they attack, the
+    ensemble only selects), the original is left as it was."""
+    copied = copy.copy(attack)
+    copied.objective = objective
+    if isinstance(attack, Ensemble):
+        copied.members = {name: with_objective(m, objective) for name, m in attack.members.items()}
+    return copied
+
+
+def gradient_proxy(attack: Attack) -> str:
+    """The proxy `attack` differentiates through: its own, or an ensemble's first gradient member's (auto
+    leaves its own proxy unset: each member has one)."""
+    if getattr(attack, "proxy", None) is not None:
+        return attack.proxy
+    members = [m for m in getattr(attack, "members", {}).values() if not m.gradient_free]
+    if not members:
+        raise ValueError(f"{type(attack).__name__} has no gradient attack, hence no proxy to differentiate")
+    return gradient_proxy(members[0])
+
+
 def member_seed(seed: int | None, index: int) -> int | None:
     """The seed of an ensemble's `index`-th member."""
     return None if seed is None else seed + index
@@ -58,7 +82,8 @@ class Ensemble:
     """Runs `members` in order on the same images (member k with seed + k), and keeps for each image the
     adversarial example whose REAL reconstruction (compressed and decompressed) is worst
     for the codec: by `select`, the lowest PSNR against the source (`psnr`) or the highest VI (`vi`).
-    Per image the result is never better for the codec than any member's (ties go to the earlier).
+    Per image the result is never better for the codec than any member's (ties go to the earlier); behind
+    a random defense every candidate is coded with the draw attack.py measures (`rng.measured_draws`).
 
     A member that cannot run on this codec (ZeroGradientError, e.g. a proxy with zero gradient) is
     skipped with a warning. After a call, `last_report` holds (lists run over the batch's images):
@@ -126,7 +151,8 @@ class Ensemble:
         x = x.detach()
         with rd.evaluating(self.codec):
             coder = coder_on(self.codec, self.coding_device)
-            clean_hat = compress_decompress(coder, x)[0]
+            with rng.measured_draws():
+                clean_hat = compress_decompress(coder, x)[0]
             best = x.clone()
             worst = torch.full((x.shape[0],), -torch.inf, device=x.device)  # how bad for the codec
             best_psnr, best_vi = torch.full_like(worst, torch.nan), torch.full_like(worst, torch.nan)

@@ -7,6 +7,9 @@ batch draws exactly what the image would draw alone. The seed is taken from the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -34,3 +37,18 @@ def randn(generators: list[torch.Generator], shape: tuple[int, ...], like: Tenso
 def signs(generators: list[torch.Generator], shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Random +-1 of `shape` for each image."""
     return torch.where(rand(generators, shape, like) < 0.5, -1.0, 1.0).to(like.dtype)
+
+
+# The seed of the draws of a random defense when a result is measured (not when attacked): the ensemble's
+# selection and attack.py's figures code each image with the same draw, so the winner reported is the one
+# selected. Apart from the attacks' own seeds, so that no attack's EOT draws are the measured ones.
+MEASURED_DRAW_SEED = 0x726E6963
+
+
+@contextmanager
+def measured_draws() -> Iterator[None]:
+    """Within the block, the global CPU RNG starts from MEASURED_DRAW_SEED (restored after): a random
+    defense's draw for an image depends on the image only (`image_generators` seeds every image alike)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(MEASURED_DRAW_SEED)
+        yield

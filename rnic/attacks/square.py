@@ -15,7 +15,7 @@ from rnic.attacks import rng
 from rnic.attacks.base import Attack
 from rnic.attacks.objectives import Context
 from rnic.attacks.threat import l2_norm
-from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
+from rnic.coding import CODING_DEVICE, coder_on, compress_decompress, forward_is_decoded
 
 # The paper's initial fraction of pixels in a square (its ImageNet defaults), and its schedule: p halves
 # after these many queries out of 10000 (rescaled to the budget).
@@ -35,7 +35,7 @@ def p_fraction(p_init: float, query: int, queries: int) -> float:
 def is_autoregressive(codec: nn.Module) -> bool:
     """Codecs with a context model, whose forward rounds y without its predicted means (round(y)) while
     the coder codes round(y - mean) + mean: only decoding shows what they really reconstruct."""
-    return hasattr(codec, "context_prediction")
+    return not forward_is_decoded(codec)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ class TrainingMethod:
     """A training method (`adv.method`): the loss of each training step of a CodecModule, from the batch
     and the examples `attack` makes against the current codec.
 
-    - `ratio`: the fraction of each batch (its first images) the method attacks.
+    - `ratio`: the fraction of each batch (its first ceil(ratio x B) images) the method attacks.
     - `target`: what the codec learns to reconstruct from an adversarial input: the adversarial
       `input` itself (Chen & Ma's choice) or the clean `source` (mix, free, fast).
     - `warmup_steps`: the budget grows linearly from 0 to the attack's `eps` over these steps.
@@ -113,8 +114,9 @@ class TrainingMethod:
         return inputs, (inputs if self.target == "input" else x)
 
     def count(self, batch_size: int) -> int:
-        """How many images of a batch the method attacks."""
-        return round(self.ratio * batch_size)
+        """How many images of a batch the method attacks: ceil(ratio x B), so that a ratio above 0 never
+        trains a batch clean (at B = 5, ratio 0.5 attacks 3). The tolerance keeps 0.3 x 10 at 3."""
+        return math.ceil(self.ratio * batch_size - 1e-9)
 
     def __repr__(self) -> str:
         return (

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
-from rnic.attacks import Attack, Objective, quantization_proxy
+from rnic.attacks import Attack, Objective, quantization_proxy, with_objective
 from rnic.attacks.objectives import rd_distortion
 from rnic.codecs import load_codec_state, read_codec_state
 from rnic.methods.base import Step, TrainingMethod, rd_step
@@ -52,9 +52,8 @@ class ConsistencyTraining(TrainingMethod):
         objective = self.attack_objective(attack, metric)
         if adversary == "single_step":
             attack = single_step_of(attack, self.name, objective)
-        else:
-            attack = copy.copy(attack)
-            attack.objective = objective
+        elif objective is not attack.objective:  # teacher keeps the configured attack, auto's members too
+            attack = with_objective(attack, objective)
         super().__init__(attack, **kwargs)
         self.beta = float(beta)
         self.metric = metric

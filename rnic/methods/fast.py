@@ -1,5 +1,6 @@
-"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch, guarded against catastrophic
-overfitting; the single step also serves the other methods (`adv.adversary=single_step`)."""
+"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
+box, on the budget's sphere for l2 and mse), guarded against catastrophic overfitting; the single step also
+serves the other methods (`adv.adversary=single_step`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic import rd
-from rnic.attacks import PGD, Attack, Objective, quantization_proxy
+from rnic.attacks import PGD, Attack, Objective, gradient_proxy, quantization_proxy
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.free import threat_of
 
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class RandomStartFGSM(PGD):
-    """One ascent step of `step_scale` x the threat's radius from a uniform random start (Wong et al.)."""
+    """One ascent step of `step_scale` x the threat's radius from a random start (Wong et al.): uniform in the
+    L-inf box, on the sphere of the budget for l2 and mse (Threat.random_start)."""
 
     def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
         super().__init__(codec, steps=1, random_start=True, **kwargs)
@@ -32,13 +34,14 @@ class RandomStartFGSM(PGD):
 
 
 def single_step_of(attack: Attack, method: str, objective: Objective | None = None) -> RandomStartFGSM:
-    """The single-step counterpart of `attack`: same threat, budget, proxy, delivery and seed."""
+    """The single-step counterpart of `attack`: same threat, budget, proxy (an ensemble's: its first gradient
+    member's), delivery and seed."""
     return RandomStartFGSM(
         attack.codec,
         threat=threat_of(attack, method).name,
         eps=attack.eps,
         objective=objective if objective is not None else attack.objective,
-        proxy=attack.proxy,
+        proxy=gradient_proxy(attack),
         round_8bit=attack.round_8bit,
         seed=attack.seed,
     )
@@ -47,9 +50,10 @@ def single_step_of(attack: Attack, method: str, objective: Objective | None = No
 def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     """The mean value of `attack`'s objective at `x_adv` (no gradient; the codec in eval mode)."""
     codec = attack.codec
-    with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, attack.proxy):
+    with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, gradient_proxy(attack)):
         ctx = attack.objective.context(codec, x, None, None)
-        return attack.value(x_adv, ctx).mean()
+        # Attack.value: an ensemble (auto) has none of its own, but the same codec and objective
+        return Attack.value(attack, x_adv, ctx).mean()
 
 
 class FastTraining(TrainingMethod):
