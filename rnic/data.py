@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import logging
 import os
 import random
@@ -20,10 +20,11 @@ from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".jp2")
 SPLITS = ("train", "val", "test")
 
-# Natural photos that ship inside installed packages: (package, path inside it).
+# Natural photos that ship inside installed packages: (package, path inside it). Their sources and
+# licences: docs/training.md#sample-photos-and-their-licences.
 SAMPLE_IMAGES = {
     "astronaut": ("skimage", "data/astronaut.png"),
     "brick": ("skimage", "data/brick.png"),
@@ -42,6 +43,37 @@ SAMPLE_IMAGES = {
     "flower": ("sklearn", "datasets/images/flower.jpg"),
     "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
 }
+# The test split: independent photos (none shows a scene of the 16 above), used only for final figures.
+TEST_IMAGES = {
+    "coins": ("skimage", "data/coins.png"),
+    "clock_motion": ("skimage", "data/clock_motion.png"),
+    "cell": ("skimage", "data/cell.png"),
+    "aero": ("pywt", "data/aero.npz"),
+    "ascent": ("pywt", "data/ascent.npz"),
+    "nemo": ("glymur", "data/nemo.jp2"),
+    "luispedro": ("mahotas", "demos/data/luispedro.jpg"),
+    "nuclear": ("mahotas", "demos/data/nuclear.png"),
+}
+# More training photos (`data=photos`): too small for a 256 crop, or a scene that the train split holds.
+EXTRA_TRAIN_IMAGES = {
+    "motorcycle_right": ("skimage", "data/motorcycle_right.png"),
+    "page": ("skimage", "data/page.png"),
+    "text": ("skimage", "data/text.png"),
+}
+
+
+def package_files(images: dict[str, tuple[str, str]]) -> list[Path]:
+    """The files of `images` inside their installed packages (found without importing them)."""
+    paths = []
+    for name, (package, inner) in images.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"sample image {name!r} needs the package {package!r}")
+        path = Path(spec.submodule_search_locations[0]) / inner
+        if not path.is_file():
+            raise FileNotFoundError(f"sample image {name!r} is missing from {package}: {path}")
+        paths.append(path)
+    return paths
 
 
 def is_png16_color(path: str | Path) -> bool:
@@ -59,6 +91,14 @@ def read_png16(path: str | Path) -> np.ndarray:
     return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
 
 
+def read_array(path: str | Path) -> np.ndarray:
+    """The samples of an image file; a `.npz` holds one array, named `data` (PyWavelets' images)."""
+    if Path(path).suffix == ".npz":
+        with np.load(path) as arrays:
+            return arrays["data"]
+    return read_png16(path) if is_png16_color(path) else iio.imread(path)
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """Decode an image file to a (3, H, W) float tensor in [0, 1].
 
@@ -66,7 +106,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     16-bit samples are scaled by 65535.
     """
     try:
-        array = read_png16(path) if is_png16_color(path) else iio.imread(path)
+        array = read_array(path)
     except Exception as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}".splitlines()[0]) from None
     if array.dtype == np.uint8:
@@ -91,6 +131,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding the pixels."""
+    if path.suffix == ".npz":
+        return tuple(read_array(path).shape[:2])
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -120,30 +162,31 @@ def split_by_fractions(files: Sequence[Path], fractions: Sequence[float], seed: 
 
 
 class SampleImages:
-    """The natural photos shipped by scikit-image, scikit-learn and matplotlib (no download)."""
+    """Photos shipped by installed packages (no download): train and val split the 16 of
+    SAMPLE_IMAGES by `fractions`; test is TEST_IMAGES (plus any test fraction); `extra_train`
+    adds EXTRA_TRAIN_IMAGES to train."""
 
-    def __init__(self, fractions: Sequence[float] = (0.75, 0.25, 0.0), seed: int = 0):
+    def __init__(
+        self, fractions: Sequence[float] = (0.75, 0.25, 0.0), seed: int = 0, extra_train: bool = False
+    ):
         self.fractions = tuple(fractions)
         self.seed = seed
+        self.extra_train = extra_train
 
     @staticmethod
     def paths() -> list[Path]:
-        paths = []
-        for name, (package, inner) in SAMPLE_IMAGES.items():
-            try:
-                path = Path(str(importlib.resources.files(package) / inner))
-            except ModuleNotFoundError:
-                raise FileNotFoundError(f"sample image {name!r} needs the package {package!r}") from None
-            if not path.is_file():
-                raise FileNotFoundError(f"sample image {name!r} is missing from {package}: {path}")
-            paths.append(path)
-        return paths
+        return package_files(SAMPLE_IMAGES)
 
     def splits(self, names: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
-        return split_by_fractions(self.paths(), self.fractions, self.seed)
+        splits = split_by_fractions(self.paths(), self.fractions, self.seed)
+        if "test" in names:
+            splits["test"] = splits["test"] + package_files(TEST_IMAGES)
+        if self.extra_train and "train" in names:
+            splits["train"] = splits["train"] + package_files(EXTRA_TRAIN_IMAGES)
+        return splits
 
     def __repr__(self) -> str:
-        return f"SampleImages(fractions={self.fractions}, seed={self.seed})"
+        return f"SampleImages(fractions={self.fractions}, seed={self.seed}, extra_train={self.extra_train})"
 
 
 class ImageFolder:
@@ -240,7 +283,9 @@ class ImageDataModule(L.LightningDataModule):
     LightningModule, so val/test batches hold one image unless a crop is set.
     `train_repeats` visits each training image that many times per epoch (different
     random crops), so that a small set still makes epochs of many batches;
-    `cache_images` keeps decoded images in memory (for small sets).
+    `cache_images` keeps decoded images in memory (for small sets); `eval_test` lets train.py
+    evaluate the best checkpoint on the test split (off for `data=sample`: its test split is for
+    final figures only, measured with attack.py split=test).
     """
 
     def __init__(
@@ -256,8 +301,10 @@ class ImageDataModule(L.LightningDataModule):
         check_images: bool = True,
         train_repeats: int = 1,
         cache_images: bool = False,
+        eval_test: bool = True,
     ):
         super().__init__()
+        self.eval_test = eval_test
         self.source = source
         self.patch_size = int(patch_size)
         self.batch_size = batch_size

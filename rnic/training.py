@@ -253,7 +253,7 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
     )
     results = {}
     for stage, run in (("val", trainer.validate), ("test", trainer.test)):
-        if stage == "test" and not datamodule.prepare()["test"]:
+        if stage == "test" and not (datamodule.eval_test and datamodule.prepare()["test"]):
             continue
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results.update(plain_metrics(metrics))
