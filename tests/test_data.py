@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rnic.data import EXTRA_TRAIN_IMAGES, TEST_IMAGES, ImageDataModule, ImageFolder, SampleImages, read_image
+from rnic.data import ImageDataModule, ImageFolder, SampleImages, read_image
+from rnic.photos import EXTRA_TRAIN_IMAGES, TEST_IMAGES
 
 
 def write_png(path, size=(64, 80), seed=0):
