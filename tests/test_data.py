@@ -194,3 +194,6 @@ def test_attack_py_split_test_codes_the_test_photos(tmp_path):
     evaluate_robustness(cfg)
     results = json.loads((out / "results.json").read_text())
     assert [image["image"] for image in results["images"]] == list(TEST_IMAGES)[:2]
+    psnr = [image["psnr_clean"] for image in results["images"]]
+    assert results["spread"]["psnr_clean"]["median"] == pytest.approx(sum(psnr) / 2)  # median of two
+    assert results["spread"]["psnr_clean"]["n"] == 2
