@@ -142,7 +142,8 @@ def auto_against_members(codec, x: torch.Tensor, threat: str, recipe_seconds: fl
     print(f"\n3. attack=auto (threat {threat}, steps {auto.steps}, queries {auto.queries}) "
           f"on {x.shape[0]} images: "
           f"VI {vi:.2f} dB, attacked PSNR {statistics.mean(report['psnr_adv']):.2f} dB, {wall:.0f} s "
-          f"({wall / recipe_seconds:.2f}x the paper recipe's 1001 steps)")  # fmt: skip
+          f"({wall / recipe_seconds:.2f}x the paper recipe's 1001 steps)\n"
+          f"   attacked PSNR over the images: {rd.spread_text(rd.spread(report['psnr_adv']))}")  # fmt: skip
     print(f"   {'member':<18} {'PSNR per image':>22} {'VI per image':>20} {'seconds':>8}")
     never_better = True
     for name, member in report["members"].items():

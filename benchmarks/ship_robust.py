@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
+from rnic import rd
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
@@ -56,6 +57,7 @@ def evaluations(run: Path) -> dict[str, dict]:
             "images": [image["image"] for image in results["images"]],
             "per_image": per_image,
             "mean": {k: statistics.fmean(v) for k, v in per_image.items()},
+            "spread": {k: rd.spread(v) for k, v in per_image.items()},  # over the images
         }
     if not found:
         raise SystemExit(f"error: {run} has no robust_eval/<threat>/results.json")
@@ -115,7 +117,17 @@ def card(run: Path, control: Path, target: Path) -> dict:
             "optimizer_steps": control_final["step"],
             "evaluations": {t: {"eps": e["eps"], "mean": e["mean"]} for t, e in control_measured.items()},
         },
+        "gain_psnr_adv": {
+            t: paired_gain(measured[t], control_measured[t]) for t in measured.keys() & control_measured
+        },
     }
+
+
+def paired_gain(ours: dict, control: dict) -> dict | None:
+    """The attacked PSNR gain over the control image by image (rd.spread: mean, median, interval)."""
+    theirs = dict(zip(control["images"], control["per_image"]["psnr_adv"], strict=True))
+    mine = dict(zip(ours["images"], ours["per_image"]["psnr_adv"], strict=True))
+    return rd.spread(mine[name] - theirs[name] for name in mine if name in theirs)
 
 
 def check_bitstreams(checkpoint: str, arch: str, quality: int, measured: dict[str, dict]) -> None:
@@ -151,12 +163,14 @@ def main() -> None:
     atomic_write(target, lambda tmp: torch.save(state, tmp))
     robust_card = card(args.run, args.control, target)
     write_json(target.with_suffix(".json"), robust_card)
+    gains = robust_card["gain_psnr_adv"]
     for threat, evaluation in robust_card["evaluations"].items():
         e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]
         print(
             f"{threat} eps {evaluation['eps']:.4g}: clean {e['psnr_clean']:.2f} dB, {e['bpp_clean']:.3f} bpp "
             f"(control {c['psnr_clean']:.2f} at {c['bpp_clean']:.3f}); attacked {e['psnr_adv']:.2f} dB "
-            f"(control {c['psnr_adv']:.2f}: {e['psnr_adv'] - c['psnr_adv']:+.2f}); VI {e['vi']:.2f}"
+            f"(control {c['psnr_adv']:.2f}: {e['psnr_adv'] - c['psnr_adv']:+.2f}); VI {e['vi']:.2f}\n"
+            f"  attacked PSNR gain over the images: {rd.spread_text(gains.get(threat))}"
         )
     print(f"shipped {checkpoint} as {target} with its card")
 

@@ -14,11 +14,24 @@ def text_cell(value: float | None, column: str) -> str:
     return f"{value:.3f}"
 
 
+SPREAD_ROWS = (
+    ("median", lambda s: s["median"]),
+    ("std", lambda s: s["std"]),
+    ("ci95_low", lambda s: s["ci95"][0]),
+    ("ci95_high", lambda s: s["ci95"][1]),
+)
+
+
 def results_table(records: list[dict], mean: dict) -> str:
     shown = ("psnr_in", "linf", "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "vi", "msssim_adv")
-    width = max([len(r["image"]) for r in records] + [5])
+    width = max([len(r["image"]) for r in records] + [9])
     lines = [f"{'image':<{width}} " + " ".join(f"{c:>11}" for c in shown)]
-    for row in [*records, {"image": "mean", **mean}]:
+    rows = [*records, {"image": "mean", **mean}]
+    if len(records) > 1:  # over the images: one image can carry a mean over a few
+        spreads = {c: rd.spread(r[c] for r in records) for c in shown}
+        for name, pick in SPREAD_ROWS:
+            rows.append({"image": name, **{c: None if s is None else pick(s) for c, s in spreads.items()}})
+    for row in rows:
         cells = " ".join(f"{text_cell(row[c], c):>11}" for c in shown)
         lines.append(f"{row['image']:<{width}} {cells}")
     if any((r["vi"] or 0) < 0 for r in records):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import os
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,30 +16,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from rnic.augment import training_transform
+from rnic.photos import SPLITS, SampleImages, split_by_fractions  # noqa: F401 (SampleImages: re-exported)
+from rnic.synthetic import DeadLeaves, MixedDataset, synthetic_count
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
-
-# Natural photos that ship inside installed packages: (package, path inside it).
-SAMPLE_IMAGES = {
-    "astronaut": ("skimage", "data/astronaut.png"),
-    "brick": ("skimage", "data/brick.png"),
-    "camera": ("skimage", "data/camera.png"),
-    "chelsea": ("skimage", "data/chelsea.png"),
-    "coffee": ("skimage", "data/coffee.png"),
-    "grass": ("skimage", "data/grass.png"),
-    "gravel": ("skimage", "data/gravel.png"),
-    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
-    "immunohistochemistry": ("skimage", "data/ihc.png"),
-    "moon": ("skimage", "data/moon.png"),
-    "motorcycle": ("skimage", "data/motorcycle_left.png"),
-    "retina": ("skimage", "data/retina.jpg"),
-    "rocket": ("skimage", "data/rocket.jpg"),
-    "china": ("sklearn", "datasets/images/china.jpg"),
-    "flower": ("sklearn", "datasets/images/flower.jpg"),
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".jp2")
 
 
 def is_png16_color(path: str | Path) -> bool:
@@ -59,6 +40,14 @@ def read_png16(path: str | Path) -> np.ndarray:
     return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
 
 
+def read_array(path: str | Path) -> np.ndarray:
+    """The samples of an image file; a `.npz` holds one array, named `data` (PyWavelets' images)."""
+    if Path(path).suffix == ".npz":
+        with np.load(path) as arrays:
+            return arrays["data"]
+    return read_png16(path) if is_png16_color(path) else iio.imread(path)
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """Decode an image file to a (3, H, W) float tensor in [0, 1].
 
@@ -66,7 +55,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     16-bit samples are scaled by 65535.
     """
     try:
-        array = read_png16(path) if is_png16_color(path) else iio.imread(path)
+        array = read_array(path)
     except Exception as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}".splitlines()[0]) from None
     if array.dtype == np.uint8:
@@ -91,6 +80,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding the pixels."""
+    if path.suffix == ".npz":
+        return tuple(read_array(path).shape[:2])
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -101,49 +92,6 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def split_by_fractions(files: Sequence[Path], fractions: Sequence[float], seed: int) -> dict:
-    """A deterministic split of `files` into train/val/test by fractions (shuffled by `seed`)."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"data.source.fractions={list(fractions)} must be three numbers >= 0 summing to 1")
-    files = sorted(files)
-    random.Random(seed).shuffle(files)
-    n_val = round(fractions[1] * len(files))
-    n_test = round(fractions[2] * len(files))
-    n_train = len(files) - n_val - n_test
-    return {
-        "train": files[:n_train],
-        "val": files[n_train : n_train + n_val],
-        "test": files[n_train + n_val :],
-    }
-
-
-class SampleImages:
-    """The natural photos shipped by scikit-image, scikit-learn and matplotlib (no download)."""
-
-    def __init__(self, fractions: Sequence[float] = (0.75, 0.25, 0.0), seed: int = 0):
-        self.fractions = tuple(fractions)
-        self.seed = seed
-
-    @staticmethod
-    def paths() -> list[Path]:
-        paths = []
-        for name, (package, inner) in SAMPLE_IMAGES.items():
-            try:
-                path = Path(str(importlib.resources.files(package) / inner))
-            except ModuleNotFoundError:
-                raise FileNotFoundError(f"sample image {name!r} needs the package {package!r}") from None
-            if not path.is_file():
-                raise FileNotFoundError(f"sample image {name!r} is missing from {package}: {path}")
-            paths.append(path)
-        return paths
-
-    def splits(self, names: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
-        return split_by_fractions(self.paths(), self.fractions, self.seed)
-
-    def __repr__(self) -> str:
-        return f"SampleImages(fractions={self.fractions}, seed={self.seed})"
 
 
 class ImageFolder:
@@ -240,7 +188,11 @@ class ImageDataModule(L.LightningDataModule):
     LightningModule, so val/test batches hold one image unless a crop is set.
     `train_repeats` visits each training image that many times per epoch (different
     random crops), so that a small set still makes epochs of many batches;
-    `cache_images` keeps decoded images in memory (for small sets).
+    `cache_images` keeps decoded images in memory (for small sets); `eval_test` lets train.py
+    evaluate the best checkpoint on the test split (off for `data=sample`: its test split is for
+    final figures only, measured with attack.py split=test). `augment` (none | flips | full) transforms
+    training crops only; `synthetic_fraction` of each epoch's training images are drawn from `synthetic`
+    (1: only synthetic images, as many as the photos' crops).
     """
 
     def __init__(
@@ -256,8 +208,22 @@ class ImageDataModule(L.LightningDataModule):
         check_images: bool = True,
         train_repeats: int = 1,
         cache_images: bool = False,
+        eval_test: bool = True,
+        augment: str = "flips",
+        synthetic: DeadLeaves | None = None,
+        synthetic_fraction: float = 0.0,
     ):
         super().__init__()
+        self.eval_test = eval_test
+        training_transform(int(patch_size), augment)  # refuses an unknown name now, not at the first batch
+        self.augment = augment
+        synthetic_count(0, synthetic_fraction)  # likewise a fraction outside [0, 1]
+        if synthetic_fraction > 0 and synthetic is None:
+            raise ValueError(
+                f"data.synthetic_fraction={synthetic_fraction} needs data.synthetic (a generator)"
+            )
+        self.synthetic = synthetic
+        self.synthetic_fraction = float(synthetic_fraction)
         self.source = source
         self.patch_size = int(patch_size)
         self.batch_size = batch_size
@@ -310,13 +276,16 @@ class ImageDataModule(L.LightningDataModule):
             if not files[split]:
                 raise ValueError(f"data: the {split} split is empty in {self.source}")
 
-    def dataset(self, split: str) -> ImageDataset:
+    def dataset(self, split: str) -> Dataset:
         files = self.prepare((split,))[split]
         if split == "train":
-            transform = v2.Compose(
-                [v2.RandomCrop(self.patch_size), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-            )
-            return ImageDataset(files, transform, repeats=self.train_repeats, cache=self.cache_images)
+            transform = training_transform(self.patch_size, self.augment)
+            photos = ImageDataset(files, transform, repeats=self.train_repeats, cache=self.cache_images)
+            if not self.synthetic_fraction:
+                return photos
+            count = synthetic_count(len(photos), self.synthetic_fraction)
+            kept = photos if self.synthetic_fraction < 1 else None
+            return MixedDataset(kept, self.synthetic, count, self.patch_size, transform, self.cache_images)
         crop = self.crops[split]
         return ImageDataset(files, v2.CenterCrop(crop) if crop else None, cache=self.cache_images)
 

@@ -86,6 +86,36 @@ def mean_or_none(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def spread(values, resamples: int = 2000, seed: int = 0) -> dict | None:
+    """Mean, median, standard deviation (n - 1) and a 95% bootstrap interval of the mean (percentiles of
+    `resamples` means of the images drawn with replacement, seeded) of the values that are not None;
+    None if there are none. Over a few images one image can carry the mean: the median and the
+    interval say how much."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if not len(values):
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    low, high = np.percentile(values[draws].mean(1), [2.5, 97.5])
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "ci95": [float(low), float(high)],
+        "n": len(values),
+    }
+
+
+def spread_text(figures: dict | None, digits: int = 2) -> str:
+    """`spread`'s figures in one phrase: 'mean 21.27 (median 21.10, std 0.85, 95% CI 20.61 to 21.98, n 8)'."""
+    if figures is None:
+        return "n/a"
+    mean, median, std, (low, high) = (figures[k] for k in ("mean", "median", "std", "ci95"))
+    return (
+        f"mean {mean:.{digits}f} (median {median:.{digits}f}, std {std:.{digits}f}, "
+        f"95% CI {low:.{digits}f} to {high:.{digits}f}, n {figures['n']})"
+    )
+
+
 def finite_or_none(value) -> float | None:
     """A figure as written to JSON and tables: None (null, n/a) where it is not finite."""
     value = float(value)

@@ -108,6 +108,14 @@ def mean_of(records: list[dict]) -> dict:
     return means
 
 
+SPREAD_COLUMNS = ("psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "vi", "msssim_adv")
+
+
+def spread_of(records: list[dict]) -> dict:
+    """Median, std and bootstrap 95% interval over the images of the main figures (rd.spread)."""
+    return {c: rd.spread(r.get(c) for r in records) for c in SPREAD_COLUMNS if any(c in r for r in records)}
+
+
 def member_table(records: list[dict]) -> dict[str, dict]:
     """Per ensemble member: images it won, its mean decoded PSNR and VI over the images it ran on,
     and the images where it was skipped (it could not run on this codec)."""
@@ -163,7 +171,8 @@ def write_budget(
     names behind which it ran (None: none)."""
     mean = mean_of(records)
     status = budget_status(records, names)
-    results = {"key": key, "attack": repr(attack), **status, "images": records, "mean": mean}
+    results = {"key": key, "attack": repr(attack), **status, "images": records, "mean": mean,
+               "spread": spread_of(records)}  # fmt: skip
     if defense is not None:
         results.update(defense=defense, adaptive=adaptive)
     members = member_table(records)

@@ -117,7 +117,7 @@ def check_training_settings(cfg: DictConfig, datamodule, codec: torch.nn.Module)
 def train_batches(datamodule, cfg: DictConfig) -> int:
     """Full training batches per epoch; refuses a split too small for one (it would train nothing)."""
     files = datamodule.prepare()["train"]
-    images = len(files) * datamodule.train_repeats
+    images = len(datamodule.dataset("train"))  # photo crops, plus any synthetic images
     if images < datamodule.batch_size:
         raise ValueError(
             f"data: the train split has {len(files)} usable image(s) x data.train_repeats="
@@ -253,7 +253,7 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
     )
     results = {}
     for stage, run in (("val", trainer.validate), ("test", trainer.test)):
-        if stage == "test" and not datamodule.prepare()["test"]:
+        if stage == "test" and not (datamodule.eval_test and datamodule.prepare()["test"]):
             continue
         (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results.update(plain_metrics(metrics))

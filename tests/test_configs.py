@@ -49,8 +49,9 @@ def test_data_options_compose(tmp_path, data, monkeypatch):
     extra = ["data.source.root=" + str(tmp_path)] if data == "folder" else []
     cfg = compose_config(tmp_path, f"data={data}", *extra)
     datamodule = instantiate(cfg.data)
-    if data == "sample":
-        assert len(datamodule.prepare()["train"]) == 12
+    if data in ("sample", "photos", "dead_leaves"):  # the photos that ship with packages
+        assert len(datamodule.prepare()["train"]) == (15 if data == "photos" else 12)
+        assert len(datamodule.prepare()["test"]) == 8
     elif data != "folder":
         assert Path(OmegaConf.to_container(cfg, resolve=True)["data"]["source"]["root"]).parent == (
             tmp_path / "datasets"

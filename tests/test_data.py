@@ -1,3 +1,4 @@
+import json
 import logging
 
 import imageio.v3 as iio
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from rnic.data import ImageDataModule, ImageFolder, SampleImages, read_image
+from rnic.photos import EXTRA_TRAIN_IMAGES, TEST_IMAGES
 
 
 def write_png(path, size=(64, 80), seed=0):
@@ -59,6 +61,37 @@ def test_sample_images_ship_with_packages_and_split_deterministically():
     assert len(a["val"]) == 4 and len(a["train"]) == 12
     assert not set(a["train"]) & set(a["val"])
     assert SampleImages(seed=1).splits()["val"] != a["val"]
+
+
+VAL_PHOTOS = [
+    "grace_hopper.jpg",
+    "grass.png",
+    "flower.jpg",
+    "retina.jpg",
+]  # every shipped choice was made on them
+
+
+def test_the_test_split_holds_eight_photos_outside_train_and_val():
+    splits = SampleImages().splits()
+    assert [p.name for p in splits["val"]] == VAL_PHOTOS  # the shipped codecs' val split, unchanged
+    assert [p.stem for p in splits["test"]] == list(TEST_IMAGES)
+    assert len(splits["test"]) >= 8 and len(splits["train"]) == 12
+    photos = {s: {read_image(p).mean().item() for p in splits[s]} for s in ("train", "val", "test")}
+    assert not photos["test"] & (photos["train"] | photos["val"])  # different pixels, not just names
+    with_extra = SampleImages(extra_train=True).splits()
+    assert with_extra["train"][:12] == splits["train"] and len(with_extra["train"]) == 12 + len(
+        EXTRA_TRAIN_IMAGES
+    )
+    assert with_extra["val"] == splits["val"] and with_extra["test"] == splits["test"]
+    assert not {p.stem for p in with_extra["train"]} & {p.stem for p in splits["test"] + splits["val"]}
+
+
+def test_test_photos_decode_to_rgb_crops_from_every_format():
+    dm = ImageDataModule(SampleImages(), patch_size=128, test_crop=256)
+    crops = [dm.dataset("test")[i] for i in range(len(TEST_IMAGES))]
+    assert {p.suffix for p in dm.files["test"]} == {".png", ".npz", ".jp2", ".jpg"}
+    for crop in crops:
+        assert crop.shape == (3, 256, 256) and crop.min() >= 0 and crop.max() <= 1 and crop.std() > 0.005
 
 
 def test_folder_with_split_subfolders(tmp_path):
@@ -148,3 +181,19 @@ def test_non_finite_float_images_are_refused(tmp_path):
     iio.imwrite(tmp_path / "nan.tiff", data)
     with pytest.raises(ValueError, match="nan.tiff' holds NaN"):
         read_image(tmp_path / "nan.tiff")
+
+
+def test_attack_py_split_test_codes_the_test_photos(tmp_path):
+    from rnic.evaluation import evaluate_robustness
+    from tests.conftest import compose_config
+
+    out = tmp_path / "attack"
+    cfg = compose_config(
+        out, "split=test", "attack=none", "max_images=2", "data.test_crop=128", config_name="attack"
+    )
+    evaluate_robustness(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert [image["image"] for image in results["images"]] == list(TEST_IMAGES)[:2]
+    psnr = [image["psnr_clean"] for image in results["images"]]
+    assert results["spread"]["psnr_clean"]["median"] == pytest.approx(sum(psnr) / 2)  # median of two
+    assert results["spread"]["psnr_clean"]["n"] == 2

@@ -42,6 +42,26 @@ def under(runs: list[dict], threat: str) -> list[dict]:
     return [r["robust_eval"][threat] for r in runs if threat in r["robust_eval"]]
 
 
+def image_figures(run: dict, threat: str, key: str = "psnr_adv") -> dict[str, float]:
+    """Per image: a run's `key` under `threat` (robust_eval/<threat>/results.json), where it is defined."""
+    results = read_json(Path(run["run"]) / "robust_eval" / threat / "results.json") or {}
+    return {r["image"]: r[key] for r in results.get("images", []) if r.get(key) is not None}
+
+
+def image_gains(group: list[dict], control: list[dict], threat: str) -> list[float]:
+    """Per image: the attacked PSNR gain over the control run of the same lambda, averaged over the
+    rate points (the spread of a mean over a few images is that of these)."""
+    control_at = {run.get("lmbda"): run for run in control}
+    gains: dict[str, list[float]] = defaultdict(list)
+    for run in group:
+        if run.get("lmbda") not in control_at:
+            continue
+        ours, theirs = image_figures(run, threat), image_figures(control_at[run.get("lmbda")], threat)
+        for image in ours.keys() & theirs.keys():
+            gains[image].append(ours[image] - theirs[image])
+    return [sum(values) / len(values) for _, values in sorted(gains.items())]
+
+
 def clean_figures(run: dict) -> dict:
     """A run's clean figures: the same under every threat, taken from the first it was evaluated under."""
     return run["robust_eval"][sorted(run["robust_eval"])[0]]
@@ -70,7 +90,8 @@ def in_order(methods) -> list[str]:
 
 
 def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[str]]:
-    """(rows, columns, notes): per method, means over its rate points; gains against `none`."""
+    """(rows, columns, notes): per method, means over its rate points; gains against `none`, with the
+    median and bootstrap 95% interval over the images of the per-image gain."""
     by_method: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_method[run["method"]].append(run)
@@ -111,9 +132,13 @@ def method_table(runs: list[dict]) -> tuple[list[dict], tuple[str, ...], list[st
             adv, adv0 = row[f"psnr_adv_{threat}"], control_row[f"psnr_adv_{threat}"]
             row[f"vi_{threat}_gain"] = None if vi is None or vi0 is None else vi0 - vi
             row[f"psnr_adv_{threat}_gain"] = None if adv is None or adv0 is None else adv - adv0
+            spread = rd.spread(image_gains(by_method[row["method"]], control, threat))
+            row[f"psnr_adv_{threat}_gain_median"] = spread and spread["median"]
+            row[f"psnr_adv_{threat}_gain_ci95"] = spread and "{:+.2f} to {:+.2f}".format(*spread["ci95"])
     columns = ("method", "runs", "passes", "wall_s", "clean_psnr", "clean_bpp", "bd_rate_pct", "bd_psnr_db")
     for threat in threats:
         columns += (f"psnr_adv_{threat}", f"vi_{threat}", f"vi_{threat}_gain", f"psnr_adv_{threat}_gain",
+                    f"psnr_adv_{threat}_gain_median", f"psnr_adv_{threat}_gain_ci95",
                     f"bd_rate_adv_{threat}_pct", f"bd_psnr_adv_{threat}_db")  # fmt: skip
     return rows, (*columns, "collapse"), notes
 
