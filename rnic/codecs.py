@@ -7,11 +7,16 @@ import zipfile
 from pathlib import Path
 
 import torch
-from compressai.entropy_models import EntropyModel
+from compressai.entropy_models import EntropyModel, EntropyModelVbr
 from compressai.models.utils import update_registered_buffers
 from compressai.zoo import image as zoo_image
 from compressai.zoo.pretrained import load_pretrained
 from torch import nn
+
+from rnic.codec_families import FAMILIES, load_released, zoo_url
+
+# The entropy coder's modules (variable-rate ones are not EntropyModels), whose tables change size.
+ENTROPY_MODELS = (EntropyModel, EntropyModelVbr)
 
 # Lagrange multipliers CompressAI's zoo codecs were trained with, by quality.
 LAMBDAS = {
@@ -64,9 +69,15 @@ def pretrained_file(arch: str, metric: str, quality: int, robust: str | None = N
     download in torch hub's cache (None until it has been downloaded)."""
     if arch in SHIPPED:
         return shipped_weights(arch, metric, quality, robust)
+    if arch in FAMILIES:
+        url = zoo_url(arch, metric)
+        return _hub_file(url) if url else None
     url = zoo_image.model_urls.get(zoo_name(arch), {}).get(metric, {}).get(int(quality))
-    if url is None:
-        return None
+    return _hub_file(url) if url else None
+
+
+def _hub_file(url: str) -> Path | None:
+    """Where torch hub caches the download of `url` (None until it has been downloaded)."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     return path if path.is_file() else None
 
@@ -75,7 +86,7 @@ def zoo_name(arch: str) -> str:
     """Canonical zoo name for a config name, a zoo name or an alias."""
     name = ARCHITECTURES.get(arch, arch)
     if name not in zoo_image.model_architectures:
-        known = ", ".join(sorted(ARCHITECTURES))
+        known = ", ".join(sorted([*ARCHITECTURES, *FAMILIES]))
         raise ValueError(f"model.codec.arch={arch!r} is not a known codec; choose one of: {known}")
     return name
 
@@ -83,6 +94,8 @@ def zoo_name(arch: str) -> str:
 def qualities(arch: str) -> tuple[int, ...]:
     if arch in SHIPPED:
         return tuple(range(1, len(next(iter(SHIPPED[arch]["lambdas"].values()))) + 1))
+    if arch in FAMILIES:
+        return tuple(range(1, FAMILIES[arch].qualities + 1))
     return tuple(sorted(zoo_image.cfgs[zoo_name(arch)]))
 
 
@@ -93,9 +106,18 @@ def check_metric(metric: str) -> str:
 
 
 def rd_lambda(metric: str, quality: int, arch: str | None = None) -> float:
-    """The lambda for a distortion metric and quality (1-based): the zoo's, or a shipped codec's."""
+    """The lambda for a distortion metric and quality (1-based): the zoo's, a shipped codec's, or a codec
+    family's (`rnic.codec_families`; a variable-rate codec's quality is its rate)."""
     check_metric(metric)
-    table = SHIPPED[arch]["lambdas"].get(metric, ()) if arch in SHIPPED else LAMBDAS[metric]
+    if arch in SHIPPED:
+        table = SHIPPED[arch]["lambdas"].get(metric, ())
+    elif arch in FAMILIES:
+        family = FAMILIES[arch]
+        table = (family.lambdas or LAMBDAS).get(metric, ())[: family.qualities]
+        if not table:
+            raise ValueError(f"model={arch} has no lambda for model.metric={metric}; set model.lmbda")
+    else:
+        table = LAMBDAS[metric]
     if not 1 <= int(quality) <= len(table):
         raise ValueError(
             f"model.quality={quality} has no lambda; choose 1..{len(table)} (or set model.lmbda)"
@@ -111,14 +133,21 @@ def build_codec(
     N: int | None = None,
     M: int | None = None,
     robust: str | None = None,
+    **options,
 ) -> nn.Module:
-    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths, or one of
-    rnic's shipped CPU codecs (`SHIPPED`), whose pretrained weights load from the package, offline.
+    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths; a CompressAI
+    codec outside the zoo's ladder (`rnic.codec_families`: ELIC, checkerboard, variable-rate; `options` are
+    its own settings, such as `variant` or `rate`); or one of rnic's shipped CPU codecs (`SHIPPED`), whose
+    pretrained weights load from the package, offline.
 
     `N`/`M` override the zoo widths for the quality (e.g. a small codec for a CPU);
     cheng2020 codecs have a single width `N`. `robust` names a training method whose robust finetuning of
     a shipped codec ships too (with `pretrained`).
     """
+    if arch in FAMILIES:
+        return build_family(arch, quality, metric, pretrained, N, M, robust, options)
+    if options:
+        raise ValueError(f"model.{next(iter(options))} is not a setting of model={arch}")
     if arch in SHIPPED:
         return build_shipped(arch, quality, metric, pretrained, N, M, robust)
     if robust:
@@ -166,6 +195,46 @@ def build_shipped(
         )
     codec = zoo_image.model_architectures[spec["zoo"]](*widths)
     return load_weights(codec, shipped_weights(arch, metric, quality, robust)) if pretrained else codec
+
+
+def build_family(
+    arch: str, quality: int, metric: str, pretrained: bool, N: int | None, M: int | None, robust, options
+):
+    family = FAMILIES[arch]
+    check_metric(metric)
+    if robust:
+        raise ValueError(f"model.robust={robust}: rnic ships robust weights only for {', '.join(SHIPPED)}")
+    unknown = sorted(set(options) - set(family.options))
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not a setting of model={arch}")
+    codec_options = {key: value for key, value in options.items() if value is not None}
+    if "rate" in family.options:  # a variable-rate codec: its quality is its rate
+        if quality != options.get("rate"):
+            raise ValueError(
+                f"model.quality={quality} differs from model.rate={options.get('rate')}: model={arch} codes "
+                "at model.rate (its quality); set model.rate only"
+            )
+    elif int(quality) not in qualities(arch):
+        raise ValueError(f"model.quality={quality} is out of range for {arch}; choose 1..{family.qualities}")
+    if M is not None and len(family.widths) == 1:
+        raise ValueError(f"model.M={M} is not a width of {arch}; it has only N")
+    widths = tuple(int(w) if w is not None else d for w, d in zip((N, M), family.widths, strict=False))
+    if pretrained:
+        if family.zoo is None:
+            raise ValueError(
+                f"model.pretrained=true: CompressAI ships no weights for model={arch}; train it or load a "
+                "CompressAI or rnic state dict with model.weights=<file>"
+            )
+        if zoo_url(arch, metric) is None:
+            raise ValueError(f"model.pretrained=true: CompressAI ships no {metric} weights for model={arch}")
+        if widths != family.widths or options.get("variable_bottleneck") is False:
+            raise ValueError(
+                f"model.N/model.M={widths} (model.variable_bottleneck={options.get('variable_bottleneck')}) "
+                f"cannot be combined with model.pretrained=true: CompressAI's {arch} weights have widths "
+                f"{family.widths} and the variable bottleneck"
+            )
+    codec = family.make(*widths, **codec_options)
+    return load_released(codec, arch, metric) if pretrained else codec
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -222,7 +291,7 @@ def load_codec_state(codec: nn.Module, state: dict[str, torch.Tensor], strict: b
     a buffer of another size; CompressAI only resizes empty ones.
     """
     for name, module in codec.named_modules():
-        if isinstance(module, EntropyModel):
+        if isinstance(module, ENTROPY_MODELS):
             prefix = f"{name}." if name else ""
             buffers = [b for b, _ in module.named_buffers(recurse=False) if f"{prefix}{b}" in state]
             update_registered_buffers(module, name, buffers, state, policy="resize")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import lightning as L
 import torch
-from compressai.entropy_models import EntropyModel
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
-from rnic.codecs import check_metric, load_codec_state, rd_lambda
+from rnic.codec_families import is_variable_rate
+from rnic.codecs import ENTROPY_MODELS, check_metric, load_codec_state, rd_lambda
 from rnic.coding import coder_on, compress_decompress
 from rnic.defenses import defended, retarget
 from rnic.methods import Step, TrainingMethod, count_passes, rd_step
@@ -81,6 +82,12 @@ class CodecModule(L.LightningModule):
         self.passes_total = 0.0
         self.forward_passes_total = 0.0
         self.metric = check_metric(metric)
+        self.arch = arch
+        if lmbda is not None and is_variable_rate(codec):
+            raise ValueError(
+                f"model.lmbda={lmbda}: {type(codec).__name__} is variable-rate, each training step draws a "
+                "rate and takes its lambda; leave model.lmbda=null (model.rate: the rate it validates at)"
+            )
         if lmbda is None:
             if quality is None:
                 raise ValueError("model.lmbda is required when model.quality is not set")
@@ -117,7 +124,7 @@ class CodecModule(L.LightningModule):
         ] + [
             f"codec.{module_name}.{buffer_name}"
             for module_name, module in self.codec.named_modules()
-            if isinstance(module, EntropyModel)
+            if isinstance(module, ENTROPY_MODELS)
             for buffer_name, _ in module.named_buffers(recurse=False)
         ]
         for prefix, frozen in self.frozen.items():
@@ -162,7 +169,7 @@ class CodecModule(L.LightningModule):
         optimizer, aux_optimizer = self.optimizers()
         counted = [self.codec, *self.frozen.values()]
         parts = [self.codec.g_a] if isinstance(getattr(self.codec, "g_a", None), nn.Module) else []
-        with count_passes(counted, batch.shape[0], parts) as cost:
+        with count_passes(counted, batch.shape[0], parts) as cost, self.training_rate() as rate:
             step = self.training_loss(batch)
             loss = step.loss
             self.check_finite(loss)
@@ -201,12 +208,32 @@ class CodecModule(L.LightningModule):
             self.log("train/ms_ssim", rd.ms_ssim(x_hat.detach().clamp(0, 1), targets).mean(), batch_size=size)
         for name, value in step.logs.items():
             self.log(name, value, batch_size=size)
+        if rate is not None:
+            self.log("train/rate", float(rate), batch_size=size)
         self.log("train/passes", cost.passes, batch_size=size)
         self.log("train/forward_passes", cost.forwards, batch_size=size)
         self.log("train/passes_total", self.passes_total, batch_size=size)
         if self.max_passes is not None and self.passes_total >= self.max_passes - 1e-6:
             self.trainer.should_stop = True  # every rank counts the same passes, so all stop together
         return loss
+
+    @contextmanager
+    def training_rate(self):
+        """A variable-rate codec learns every rate, as CompressAI's variable-rate training does: each step
+        draws one uniformly (reproducibly, from the step) and trains at it, with its lambda. Yields the rate
+        (None for other codecs)."""
+        if not is_variable_rate(self.codec):
+            yield None
+            return
+        rates = self.codec.rates
+        generator = torch.Generator().manual_seed(self.global_step)
+        rate = rates[int(torch.randint(len(rates), (1,), generator=generator))]
+        saved = self.codec.rate, self.lmbda
+        self.codec.rate, self.lmbda = rate, rd_lambda(self.metric, rate, self.arch)
+        try:
+            yield rate
+        finally:
+            self.codec.rate, self.lmbda = saved
 
     def check_finite(self, loss: Tensor, name: str = "train/loss") -> None:
         # Every rank decides together, so a NaN on one rank cannot leave the others waiting.

@@ -71,9 +71,11 @@ def attack_cfg(tmp_path: Path, checkpoint, *overrides: str, eps: float = 0.0157,
 
 
 def tiny_widths(overrides) -> list[str]:
-    """Small codec widths (cheng2020 codecs have only N)."""
+    """Small codec widths (cheng2020 codecs have only N; ELIC below M=129 needs its own channel groups)."""
     if any(o.startswith("model=cheng2020") for o in overrides):
         return ["model.N=16"]
+    if "model=elic" in overrides:
+        return ["model.N=16", "model.M=32", "model.groups=[4,4,8,16]"]
     return ["model.N=16", "model.M=24"]
 
 

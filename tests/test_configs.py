@@ -6,8 +6,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from rnic.config import codec_from_config
-from tests.conftest import CONF, compose_config
+from rnic.config import build, codec_from_config
+from tests.conftest import CONF, compose_config, tiny_widths
 
 
 def options(group: str) -> list[str]:
@@ -24,16 +24,46 @@ def test_classical_model_options_build_their_coder(tmp_path, model):
     assert type(coder).__name__ == "ClassicalCodec" and (coder.format, coder.quality) == (model, 40)
 
 
+# The classes CompressAI codecs outside its zoo's ladder build, and their default lambdas (ELIC's own
+# ladder at quality 3; a variable-rate codec's rate 8).
+FAMILY_CLASSES = {
+    "elic": ("Elic2022Official", 0.0016),
+    "cheng2020_checkerboard": ("Cheng2020AnchorCheckerboard", 0.0067),
+    "bmshj2018_hyperprior_vbr": ("ScaleHyperpriorVbrAtRate", 0.18),
+    "mbt2018_mean_vbr": ("MeanScaleHyperpriorVbrAtRate", 0.18),
+}
+
+
 @pytest.mark.parametrize("model", [m for m in options("model") if m not in ("custom", *CLASSICAL)])
 def test_model_options_build_their_codec(tmp_path, model):
-    widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
-    cfg = compose_config(tmp_path, f"model={model}", *widths)
+    cfg = compose_config(tmp_path, f"model={model}", *tiny_widths([f"model={model}"]))
     codec = codec_from_config(cfg)
     expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
+    expected, lmbda = FAMILY_CLASSES.get(model, (expected, 0.0067))  # the zoo's quality 3 by default
     if expected:
         assert type(codec).__name__ == expected
     module = instantiate(cfg.module, codec=codec)
-    assert module.lmbda == {"mse": 0.0067}[cfg.model.metric]  # quality 3 by default
+    assert module.lmbda == {"mse": lmbda}[cfg.model.metric]
+
+
+def test_codec_family_settings_compose(tmp_path):
+    cfg = compose_config(tmp_path, "model=elic", "model.variant=chandelier", *tiny_widths(["model=elic"]))
+    codec = codec_from_config(cfg)
+    assert type(codec).__name__ == "Elic2022Chandelier" and codec.groups == [4, 4, 8, 16]
+    cfg = compose_config(tmp_path, "model=mbt2018_mean_vbr", "model.rate=3", "model.N=16", "model.M=24")
+    codec = codec_from_config(cfg)
+    assert codec.rate == 3 and instantiate(cfg.module, codec=codec).lmbda == 0.0067
+    cfg = compose_config(tmp_path, "model=mbt2018_mean_vbr", "model.rate=9", "model.N=16", "model.M=24")
+    with pytest.raises(ValueError, match=r"model\.rate=9 is out of range for MeanScaleHyperpriorVbrAtRate"):
+        codec_from_config(cfg)
+    cfg = compose_config(tmp_path, "model=elic", "model.variant=official2")
+    with pytest.raises(
+        ValueError, match="model.variant='official2' is unknown; choose one of: official, chandelier"
+    ):
+        codec_from_config(cfg)
+    cfg = compose_config(tmp_path, "model=mbt2018_mean_vbr", "model.lmbda=0.01", "model.N=16", "model.M=24")
+    with pytest.raises(ValueError, match="model.lmbda=0.01: MeanScaleHyperpriorVbrAtRate is variable-rate"):
+        build(cfg.module, codec=codec_from_config(cfg))
 
 
 def test_lambda_follows_metric_and_quality_unless_given(tmp_path):

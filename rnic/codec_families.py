@@ -1,0 +1,168 @@
+"""CompressAI codec classes outside its quality-ladder zoo, by config name: ELIC (official and Chandelier
+variants), cheng2020-anchor with a checkerboard context, and the variable-rate hyperpriors.
+
+Their eval-mode forward reconstructs exactly what their decoder decodes: each quantises y (and z) as
+round(v - mean) + mean with straight-through gradients (`quantize_ste`), the value the range coder
+codes. That is also what a white-box attack differentiates, whatever its `proxy` (which changes only the
+likelihoods of the rate term). So `rnic.attacks.square.is_autoregressive` is False for them, unlike
+mbt2018 and cheng2020, whose forward rounds y without its predicted mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from compressai.models import (
+    Cheng2020AnchorCheckerboard,
+    Elic2022Chandelier,
+    Elic2022Official,
+    MeanScaleHyperpriorVbr,
+    ScaleHyperpriorVbr,
+)
+from compressai.zoo import image as zoo_image
+from compressai.zoo import image_vbr
+from torch import nn
+
+# ELIC's lambdas (He et al., CVPR 2022, Sec. 4; the ELiC re-implementation's released checkpoints
+# ELIC_0004 ... ELIC_0450 use 0.0004 ... 0.045), low to high rate: loss = lambda * 255^2 * MSE + bpp.
+ELIC_LAMBDAS = {"mse": (0.0004, 0.0008, 0.0016, 0.0032, 0.0075, 0.015, 0.03, 0.045)}
+# CompressAI's default ELIC channel groups for M = 320 (the last one M - 128).
+ELIC_GROUPS = (16, 16, 32, 64)
+ELIC_VARIANTS = {"official": Elic2022Official, "chandelier": Elic2022Chandelier}
+
+
+class VariableRate:
+    """A CompressAI variable-rate codec (Kamisli et al., DCC 2024) held at one of its rates.
+
+    `rate` r in 1..8 picks the gain Gain[r - 1] (y is quantised with step 1 / gain), the rate CompressAI
+    trains with lambda lmbda[r - 1] (its zoo's MSE ladder, 0.0018 ... 0.18): one set of weights codes
+    at every rate. forward, compress and decompress run CompressAI's variable-rate path (`stage=2`,
+    `s = r - 1`). After changing `rate`, call `update(force=True)` before coding: with the variable
+    bottleneck (`vr_entbttlnck`, as CompressAI's released weights have) z's quantisation step, and so its
+    tables, depend on the rate.
+    """
+
+    def __init__(self, N: int, M: int, rate: int = 8, vr_entbttlnck: bool = True):
+        super().__init__(N, M, vr_entbttlnck=vr_entbttlnck)
+        self.rate = rate
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        return tuple(range(1, self.levels + 1))
+
+    @property
+    def rate(self) -> int:
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: int) -> None:
+        if isinstance(rate, bool) or int(rate) != rate or int(rate) not in self.rates:
+            raise ValueError(
+                f"model.rate={rate} is out of range for {type(self).__name__}; choose an integer "
+                f"{self.rates[0]}..{self.rates[-1]}"
+            )
+        self._rate = int(rate)
+
+    def forward(self, x):
+        return super().forward(x, stage=2, s=self._rate - 1)
+
+    def compress(self, x):
+        return super().compress(x, stage=2, s=self._rate - 1)
+
+    def decompress(self, strings, shape):
+        return super().decompress(strings, shape, stage=2, s=self._rate - 1)
+
+    def update(self, scale_table=None, force: bool = False) -> bool:
+        scale = self.Gain[self._rate - 1].detach().abs() if self.vr_entbttlnck else None
+        return super().update(scale_table, force=force, scale=scale)
+
+
+class ScaleHyperpriorVbrAtRate(VariableRate, ScaleHyperpriorVbr):
+    """bmshj2018-hyperprior-vbr at `rate` (see VariableRate)."""
+
+
+class MeanScaleHyperpriorVbrAtRate(VariableRate, MeanScaleHyperpriorVbr):
+    """mbt2018-mean-vbr at `rate` (see VariableRate)."""
+
+
+def is_variable_rate(codec: nn.Module) -> bool:
+    return isinstance(codec, VariableRate)
+
+
+def build_elic(N: int, M: int, variant: str = "official", groups=None) -> nn.Module:
+    if variant not in ELIC_VARIANTS:
+        raise ValueError(f"model.variant={variant!r} is unknown; choose one of: {', '.join(ELIC_VARIANTS)}")
+    if groups is None:
+        if sum(ELIC_GROUPS) >= M:
+            raise ValueError(
+                f"model.groups=null (CompressAI's [16, 16, 32, 64, M - 128]) needs model.M > 128, got "
+                f"model.M={M}: give model.groups, channel counts summing to M (e.g. [4,4,8,16] for M=32)"
+            )
+        groups = [*ELIC_GROUPS, M - sum(ELIC_GROUPS)]
+    groups = [int(g) for g in groups]
+    if sum(groups) != M or min(groups) < 1:
+        raise ValueError(f"model.groups={groups} must be positive channel counts summing to model.M={M}")
+    return ELIC_VARIANTS[variant](N, M, groups=groups)
+
+
+def build_checkerboard(N: int) -> nn.Module:
+    return Cheng2020AnchorCheckerboard(N)
+
+
+def build_vbr(cls: type, N: int, M: int, rate: int = 8, variable_bottleneck: bool = True) -> nn.Module:
+    return cls(N, M, rate=rate, vr_entbttlnck=bool(variable_bottleneck))
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a config name builds its codec: `make(*widths, **options)` with its default widths and the
+    option keys it takes; its qualities (a variable-rate codec's are its rates); their lambdas by metric
+    (None: CompressAI's zoo ladder, `rnic.codecs.LAMBDAS`); CompressAI's zoo name where the zoo has
+    weights for it."""
+
+    make: Callable[..., nn.Module]
+    widths: tuple[int, ...]
+    qualities: int
+    lambdas: dict[str, tuple[float, ...]] | None = None
+    options: tuple[str, ...] = ()
+    zoo: str | None = None
+
+
+FAMILIES = {
+    "elic": Family(build_elic, (192, 320), 8, ELIC_LAMBDAS, options=("variant", "groups")),
+    # cheng2020-anchor's widths and qualities (He et al. 2021 trained it at the zoo's lambdas).
+    "cheng2020_checkerboard": Family(build_checkerboard, zoo_image.cfgs["cheng2020-anchor"][6], 6),
+    "bmshj2018_hyperprior_vbr": Family(
+        partial(build_vbr, ScaleHyperpriorVbrAtRate),
+        image_vbr.cfgs["bmshj2018-hyperprior-vbr"],
+        8,
+        options=("rate", "variable_bottleneck"),
+        zoo="bmshj2018-hyperprior-vbr",
+    ),
+    "mbt2018_mean_vbr": Family(
+        partial(build_vbr, MeanScaleHyperpriorVbrAtRate),
+        image_vbr.cfgs["mbt2018-mean-vbr"],
+        8,
+        options=("rate", "variable_bottleneck"),
+        zoo="mbt2018-mean-vbr",
+    ),
+}
+
+
+def zoo_url(arch: str, metric: str) -> str | None:
+    """The URL of CompressAI's released weights for a family (None where it released none)."""
+    zoo = FAMILIES[arch].zoo
+    return image_vbr.model_urls.get(zoo, {}).get(metric) if zoo else None
+
+
+def load_released(codec: nn.Module, arch: str, metric: str) -> nn.Module:
+    """CompressAI's released weights into `codec`, strictly, through torch hub (its cache first)."""
+    from rnic.codecs import load_codec_state  # the registry imports this module
+
+    state = torch.hub.load_state_dict_from_url(zoo_url(arch, metric), progress=False, map_location="cpu")
+    state.pop("QuantOffset", None)  # an unused entry of the released files (CompressAI drops it too)
+    load_codec_state(codec, state)
+    return codec
