@@ -1,0 +1,1 @@
+"""Codecs written in rnic (registered in rnic.codecs.RNIC_MODELS)."""
