@@ -3,6 +3,7 @@ operating points, and loading of pretrained or local weights."""
 
 from __future__ import annotations
 
+import inspect
 import zipfile
 from pathlib import Path
 from pydoc import locate
@@ -185,6 +186,9 @@ def build_rnic_model(
         raise ValueError(
             f"model={arch} model.pretrained=true: rnic downloads no weights; {model.weights_source}"
         )
+    unknown = set(options) - set(inspect.signature(model).parameters)
+    if unknown:
+        raise ValueError(f"model.{sorted(unknown)[0]} is not a key of model={arch}")
     widths = {key: int(value) for key, value in (("N", N), ("M", M)) if value is not None}
     return model(**widths, **options)
 
