@@ -134,6 +134,7 @@ def test_prefixed_checkpoints_load(reference, tmp_path):
         ),
         (["model.M=320", "model.num_slices=3"], "model.M=320 is not divisible by model.num_slices=3"),
         (["model.config=[2,2]"], r"model.config=\[2, 2\] and model.head_dim=.* need 6 entries"),
+        (["model.N=16"], r"model.head_dim=\[8, 16, 32, 32, 16, 8\]: heads must divide 16 channels"),
         (["model.weights=null", "+model.codec.heads=3"], "model.heads is not a key of model=tcm"),
     ],
 )

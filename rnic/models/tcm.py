@@ -133,6 +133,15 @@ class TCM(CompressionModel):
             raise ValueError(f"model.config={config} and model.head_dim={head_dim} need 6 entries each")
         if M % num_slices:
             raise ValueError(f"model.M={M} is not divisible by model.num_slices={num_slices}")
+        for key, width, heads in (
+            ("model.head_dim", N, head_dim),
+            ("model.hyper_head_dim", N, [hyper_head_dim]),
+            ("model.attention_head_dim", attention_dim, [attention_head_dim]),
+        ):
+            if any(width % head for head in heads):
+                raise ValueError(
+                    f"{key}={heads if len(heads) > 1 else heads[0]}: heads must divide {width} channels"
+                )
         self.N, self.M = N, M
         self.num_slices = num_slices
         self.max_support_slices = max_support_slices
