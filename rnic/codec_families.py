@@ -1,5 +1,6 @@
-"""CompressAI codec classes outside its quality-ladder zoo, by config name: ELIC (official and Chandelier
-variants), cheng2020-anchor with a checkerboard context, and the variable-rate hyperpriors.
+"""Codecs outside CompressAI's quality-ladder zoo, by config name: CompressAI's ELIC (official and
+Chandelier variants), cheng2020-anchor with a checkerboard context and variable-rate hyperpriors, and the
+codecs written in rnic (rnic/models/: LIC-TCM, MLIC++).
 
 Their eval-mode forward reconstructs exactly what their decoder decodes: each quantises y (and z) as
 round(v - mean) + mean with straight-through gradients (`quantize_ste`), the value the range coder
@@ -10,6 +11,7 @@ mbt2018 and cheng2020, whose forward rounds y without its predicted mean.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +27,8 @@ from compressai.models import (
 from compressai.zoo import image as zoo_image
 from compressai.zoo import image_vbr
 from torch import nn
+
+from rnic.models.tcm import TCM
 
 # ELIC's lambdas (He et al., CVPR 2022, Sec. 4; the ELiC re-implementation's released checkpoints
 # ELIC_0004 ... ELIC_0450 use 0.0004 ... 0.045), low to high rate: loss = lambda * 255^2 * MSE + bpp.
@@ -129,6 +133,21 @@ class Family:
     lambdas: dict[str, tuple[float, ...]] | None = None
     options: tuple[str, ...] = ()
     zoo: str | None = None
+    weights_source: str | None = None  # where the weights are when `model.pretrained` cannot fetch them
+
+
+def own_family(cls: type) -> Family:
+    """A codec written in rnic (rnic/models/): its constructor's widths and keys, its lambdas and where its
+    authors' weights are (the class says)."""
+    parameters = inspect.signature(cls).parameters
+    return Family(
+        cls,
+        (parameters["N"].default, parameters["M"].default),
+        len(next(iter(cls.lambdas.values()))),
+        cls.lambdas,
+        options=tuple(name for name in parameters if name not in ("N", "M")),
+        weights_source=cls.weights_source,
+    )
 
 
 FAMILIES = {
@@ -149,6 +168,7 @@ FAMILIES = {
         options=("rate", "variable_bottleneck"),
         zoo="mbt2018-mean-vbr",
     ),
+    "tcm": own_family(TCM),
 }
 
 

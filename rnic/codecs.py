@@ -220,6 +220,10 @@ def build_family(
         raise ValueError(f"model.M={M} is not a width of {arch}; it has only N")
     widths = tuple(int(w) if w is not None else d for w, d in zip((N, M), family.widths, strict=False))
     if pretrained:
+        if family.weights_source is not None:
+            raise ValueError(
+                f"model={arch} model.pretrained=true: rnic downloads no weights; {family.weights_source}"
+            )
         if family.zoo is None:
             raise ValueError(
                 f"model.pretrained=true: CompressAI ships no weights for model={arch}; train it or load a "

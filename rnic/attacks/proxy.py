@@ -89,3 +89,10 @@ def per_image_noise(generators: list[torch.Generator]):
         yield
     finally:
         _NOISE_GENERATORS.reset(token)
+
+
+def is_proxied(model: EntropyModel) -> bool:
+    """Whether `model` quantises through a proxy now (inside `quantization_proxy`). Codecs that round their
+    latents themselves for the reconstruction (LIC-TCM's straight-through rounding) then take the entropy
+    model's proxied values instead, as CompressAI's hyperpriors do."""
+    return "quantize" in vars(model)

@@ -1,0 +1,1 @@
+"""Codecs written in rnic (registered in rnic.codec_families.FAMILIES)."""
