@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from pydoc import locate
 
 import torch
 from compressai.entropy_models import EntropyModel
@@ -42,6 +43,18 @@ SHIPPED = {
     },
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# Codecs written in rnic (rnic/models/), by config name: the import path of the class. The class says its
+# rate points (`lambdas`: metric -> lambda by quality) and where its authors' weights are (`weights_source`);
+# its widths and options are keyword arguments (`build_codec`'s N, M and extra keys).
+RNIC_MODELS = {
+    "mlicpp": "rnic.models.mlicpp.MLICPlusPlus",
+}
+
+
+def rnic_model(arch: str) -> type | None:
+    """The class of one of rnic's own codecs (`RNIC_MODELS`), or None for another name."""
+    return locate(RNIC_MODELS[arch]) if arch in RNIC_MODELS else None
 
 
 def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
@@ -81,6 +94,8 @@ def zoo_name(arch: str) -> str:
 
 
 def qualities(arch: str) -> tuple[int, ...]:
+    if arch in RNIC_MODELS:
+        return tuple(range(1, len(next(iter(rnic_model(arch).lambdas.values()))) + 1))
     if arch in SHIPPED:
         return tuple(range(1, len(next(iter(SHIPPED[arch]["lambdas"].values()))) + 1))
     return tuple(sorted(zoo_image.cfgs[zoo_name(arch)]))
@@ -95,7 +110,14 @@ def check_metric(metric: str) -> str:
 def rd_lambda(metric: str, quality: int, arch: str | None = None) -> float:
     """The lambda for a distortion metric and quality (1-based): the zoo's, or a shipped codec's."""
     check_metric(metric)
-    table = SHIPPED[arch]["lambdas"].get(metric, ()) if arch in SHIPPED else LAMBDAS[metric]
+    if arch in RNIC_MODELS:
+        table = rnic_model(arch).lambdas.get(metric, ())
+    elif arch in SHIPPED:
+        table = SHIPPED[arch]["lambdas"].get(metric, ())
+    else:
+        table = LAMBDAS[metric]
+    if not table:
+        raise ValueError(f"model.metric={metric} has no lambda by quality for {arch}: set model.lmbda")
     if not 1 <= int(quality) <= len(table):
         raise ValueError(
             f"model.quality={quality} has no lambda; choose 1..{len(table)} (or set model.lmbda)"
@@ -111,14 +133,20 @@ def build_codec(
     N: int | None = None,
     M: int | None = None,
     robust: str | None = None,
+    **options,
 ) -> nn.Module:
-    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths, or one of
-    rnic's shipped CPU codecs (`SHIPPED`), whose pretrained weights load from the package, offline.
+    """A CompressAI zoo codec, optionally with the zoo's pretrained weights or other widths, one of
+    rnic's shipped CPU codecs (`SHIPPED`), whose pretrained weights load from the package, offline, or
+    one of rnic's own codecs (`RNIC_MODELS`), built with `options` (their architecture's keys).
 
     `N`/`M` override the zoo widths for the quality (e.g. a small codec for a CPU);
     cheng2020 codecs have a single width `N`. `robust` names a training method whose robust finetuning of
     a shipped codec ships too (with `pretrained`).
     """
+    if arch in RNIC_MODELS:
+        return build_rnic_model(arch, metric, pretrained, N, M, **options)
+    if options:
+        raise ValueError(f"model.{next(iter(options))} is not a key of model={arch}")
     if arch in SHIPPED:
         return build_shipped(arch, quality, metric, pretrained, N, M, robust)
     if robust:
@@ -145,6 +173,20 @@ def build_codec(
     overrides = (N, M)[: len(widths)]
     widths = tuple(int(o) if o is not None else w for o, w in zip(overrides, widths, strict=True))
     return zoo_image.model_architectures[name](*widths)
+
+
+def build_rnic_model(
+    arch: str, metric: str, pretrained: bool, N: int | None, M: int | None, **options
+) -> nn.Module:
+    """One of rnic's own codecs; its pretrained weights come from a file (`model.weights=`), never a URL."""
+    model = rnic_model(arch)
+    check_metric(metric)  # model.quality only names a lambda here (CodecModule): no weights to choose
+    if pretrained:
+        raise ValueError(
+            f"model={arch} model.pretrained=true: rnic downloads no weights; {model.weights_source}"
+        )
+    widths = {key: int(value) for key, value in (("N", N), ("M", M)) if value is not None}
+    return model(**widths, **options)
 
 
 def build_shipped(

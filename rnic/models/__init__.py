@@ -1,1 +1,1 @@
-"""Codecs written in rnic (not in CompressAI's zoo), with their authors' checkpoint layouts."""
+"""Codecs written in rnic (registered in rnic.codecs.RNIC_MODELS)."""

@@ -62,6 +62,17 @@ class MLICPlusPlus(CompressionModel):
     window `context_window`, and the authors' checkpoint generation `release` (2023 or 2024)."""
 
     downsampling_factor = 64
+    # The lambdas of the authors' released checkpoints by quality (their README's table, 2023 release;
+    # their 2024 checkpoint is one model).
+    lambdas = {
+        "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483),
+        "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50),
+    }
+    weights_source = (
+        "the authors publish their checkpoints on PKU Disk and Google Drive only "
+        "(github.com/JiangWeibeta/MLIC, README): download one and pass model.weights=<file> "
+        "(model.release=2023 for their table of six MSE and six MS-SSIM models, 2024 for their update)"
+    )
 
     def __init__(
         self, N: int = 192, M: int = 320, slice_num: int = 10, context_window: int = 5, release=2024
