@@ -28,6 +28,7 @@ from compressai.zoo import image as zoo_image
 from compressai.zoo import image_vbr
 from torch import nn
 
+from rnic.models.mlicpp import MLICPlusPlus
 from rnic.models.tcm import TCM
 
 # ELIC's lambdas (He et al., CVPR 2022, Sec. 4; the ELiC re-implementation's released checkpoints
@@ -169,6 +170,7 @@ FAMILIES = {
         zoo="mbt2018-mean-vbr",
     ),
     "tcm": own_family(TCM),
+    "mlicpp": own_family(MLICPlusPlus),
 }
 
 
