@@ -6,6 +6,7 @@ import copy
 import itertools
 
 import torch
+from compressai.latent_codecs import LatentCodec
 from torch import Tensor, nn
 
 from rnic import rd
@@ -34,15 +35,19 @@ def coder_on(codec: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def forward_is_decoded(codec: nn.Module) -> bool:
-    """Whether the codec's eval-mode forward reconstructs what its decoder outputs. Not for a codec with a
-    context model (a `context_prediction` module anywhere in it: mbt2018, cheng2020, CompressAI's
-    checkerboard and ELIC latent codecs, and codecs built like them): its forward rounds the latent without
-    the predicted means, the coder codes round(y - mean) + mean. A codec class may declare its own
-    `forward_is_decoded = True / False`."""
+    """Whether the codec's eval-mode forward reconstructs what its decoder outputs. Not for a codec whose
+    own forward runs a context model (a `context_prediction` module outside CompressAI's latent codecs:
+    mbt2018, cheng2020 and codecs built like them): it rounds the latent without the predicted means,
+    while the coder codes round(y - mean) + mean. CompressAI's latent codecs (the checkerboard and ELIC
+    contexts) quantise around the means in their forward too, as rnic's own TCM and MLIC++ do. A codec
+    class may declare its own `forward_is_decoded = True / False`."""
     declared = getattr(codec, "forward_is_decoded", None)
     if isinstance(declared, bool):
         return declared
-    return not any(hasattr(module, "context_prediction") for module in codec.modules())
+    return not any(
+        hasattr(module, "context_prediction") and not isinstance(module, LatentCodec)
+        for module in codec.modules()
+    )
 
 
 def stream_bytes(strings: list[list[bytes]], index: int) -> int:
