@@ -67,10 +67,14 @@ def test_a_training_step_takes_its_rates_lambda_and_gives_both_back():
     from rnic.module import CodecModule
 
     module = CodecModule(build_codec("mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24), quality=3)
+    module.frozen["teacher"] = build_codec(
+        "mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24
+    )  # adv.method=teacher's
     assert module.lmbda == 0.0067
     with module.training_rate() as rate:
-        assert module.codec.rate == rate and module.lmbda == module.codec.lmbda[rate - 1]
-    assert (module.codec.rate, module.lmbda) == (3, 0.0067)  # validation codes at model.rate
+        assert module.codec.rate == module.frozen["teacher"].rate == rate != 3
+        assert module.lmbda == module.codec.lmbda[rate - 1]
+    assert (module.codec.rate, module.frozen["teacher"].rate, module.lmbda) == (3, 3, 0.0067)
 
 
 def test_checkpoint_reloads_to_identical_reconstructions_and_bitstreams(tiny_cfg, tmp_path):
