@@ -26,8 +26,7 @@ ARCHS = [
     "cheng2020_attn",
     "cheng2020_checkerboard",
     "bmshj2018_hyperprior_vbr",
-    "mbt2018_mean_vbr",
-]  # ELIC: test_adversarial.py's robust step (a tiny ELIC trains far slower than these)
+]  # ELIC: test_adversarial.py's robust step (a tiny ELIC trains far slower); mbt2018_mean_vbr: below
 
 
 def metrics_rows(output_dir: Path) -> list[dict]:
