@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from compressai.entropy_models import EntropyBottleneck, EntropyBottleneckVbr
 from compressai.models import (
     Cheng2020AnchorCheckerboard,
     Elic2022Chandelier,
@@ -47,7 +48,7 @@ class VariableRate:
     at every rate. forward, compress and decompress run CompressAI's variable-rate path (`stage=2`,
     `s = r - 1`). After changing `rate`, call `update(force=True)` before coding: with the variable
     bottleneck (`vr_entbttlnck`, as CompressAI's released weights have) z's quantisation step, and so its
-    tables, depend on the rate.
+    tables, depend on the rate. `aux_loss` counts the variable bottleneck's quantiles too.
     """
 
     def __init__(self, N: int, M: int, rate: int = 8, vr_entbttlnck: bool = True):
@@ -79,6 +80,12 @@ class VariableRate:
 
     def decompress(self, strings, shape):
         return super().decompress(strings, shape, stage=2, s=self._rate - 1)
+
+    def aux_loss(self) -> torch.Tensor:
+        # CompressAI's sums EntropyBottlenecks only: it would leave the variable bottleneck's quantiles
+        # untrained (and return the int 0).
+        bottlenecks = (EntropyBottleneck, EntropyBottleneckVbr)
+        return sum(m.loss() for m in self.modules() if isinstance(m, bottlenecks))
 
     def update(self, scale_table=None, force: bool = False) -> bool:
         scale = self.Gain[self._rate - 1].detach().abs() if self.vr_entbttlnck else None

@@ -220,20 +220,25 @@ class CodecModule(L.LightningModule):
     @contextmanager
     def training_rate(self):
         """A variable-rate codec learns every rate, as CompressAI's variable-rate training does: each step
-        draws one uniformly (reproducibly, from the step) and trains at it, with its lambda. Yields the rate
-        (None for other codecs)."""
+        draws one uniformly (reproducibly, from the step) and trains at it, with its lambda; a method's
+        variable-rate teacher codes at it too. Yields the rate (None for other codecs)."""
         if not is_variable_rate(self.codec):
             yield None
             return
         rates = self.codec.rates
         generator = torch.Generator().manual_seed(self.global_step)
         rate = rates[int(torch.randint(len(rates), (1,), generator=generator))]
-        saved = self.codec.rate, self.lmbda
-        self.codec.rate, self.lmbda = rate, rd_lambda(self.metric, rate, self.arch)
+        coders = [self.codec, *(m for m in self.frozen.values() if is_variable_rate(m))]
+        saved = [coder.rate for coder in coders], self.lmbda
+        for coder in coders:
+            coder.rate = rate
+        self.lmbda = rd_lambda(self.metric, rate, self.arch)
         try:
             yield rate
         finally:
-            self.codec.rate, self.lmbda = saved
+            for coder, own in zip(coders, saved[0], strict=True):
+                coder.rate = own
+            self.lmbda = saved[1]
 
     def check_finite(self, loss: Tensor, name: str = "train/loss") -> None:
         # Every rank decides together, so a NaN on one rank cannot leave the others waiting.

@@ -1,6 +1,7 @@
 """Adversarial finetuning: mixing, warm-up, a real run through train(), DDP, resume."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -108,6 +109,19 @@ def test_adversarial_finetuning_through_train(tiny_cfg, tmp_path, trained_checkp
         if r.split(",")[header.index("train/adv_images")]
     }
     assert counts == {1.0}  # half of each batch of 2
+
+
+def test_a_robust_training_step_on_elic(tiny_cfg, tmp_path):
+    # ELIC's channel groups and checkerboard passes, attacked inside the step and validated on real coding.
+    cfg = tiny_cfg(
+        "model=elic", "attack=linf", "attack.steps=1", "trainer.max_steps=2", "data.patch_size=64",
+        "data.val_crop=64",
+    )  # fmt: skip
+    results = train(cfg)
+    assert math.isfinite(results["val/attacked/vi"]) and results["val/attacked/psnr_in"] < 60
+    assert results["val/clean/bpp_real"] > 0
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert "train/adv_images" in rows[0]
 
 
 def test_resume_of_an_adversarial_run(tiny_cfg, tmp_path):

@@ -171,6 +171,12 @@ def test_a_variable_rate_codec_codes_every_rate_with_the_same_weights(arch):
         codec.rate = 0
 
 
+def test_the_variable_bottlenecks_quantiles_learn_from_the_aux_loss():
+    codec = small("mbt2018_mean_vbr")  # variable bottleneck, as CompressAI's released weights
+    codec.aux_loss().backward()
+    assert codec.entropy_bottleneck.quantiles.grad.abs().sum() > 0
+
+
 def test_pretrained_weights_come_through_compressais_loader(tmp_path, monkeypatch):
     # The real download path, served from torch hub's cache as it would be after a download.
     reference = trained_looking(build_codec("bmshj2018_factorized", quality=1), seed=3)

@@ -12,7 +12,7 @@ from rnic.codecs import build_codec, load_weights
 from rnic.data import read_image
 from rnic.evaluation import evaluate_robustness as evaluate
 from rnic.records import IMAGE_COLUMNS
-from tests.conftest import ROOT, attack_cfg, compose_config
+from tests.conftest import ROOT, attack_cfg, compose_config, tiny_widths
 
 FIELDS = {"image", *IMAGE_COLUMNS}
 
@@ -216,6 +216,31 @@ def test_auto_is_the_default_and_records_the_winner_of_each_image(tmp_path, trai
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["winner"] for r in rows[:2]] == [r["winner"] for r in results["images"]]
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param("elic", marks=pytest.mark.slow), "cheng2020_checkerboard", "mbt2018_mean_vbr"]
+)
+def test_auto_attacks_every_codec_family_through_its_straight_through_rounding(tmp_path, model):
+    # Their forward rounds with straight-through gradients: every gradient member runs (none skipped).
+    cfg = compose_config(
+        tmp_path,
+        f"model={model}",
+        *tiny_widths([f"model={model}"]),
+        "model.allow_random_init=true",
+        "data.val_crop=64",
+        "max_images=1",
+        "attack=auto",
+        "attack.steps=1",
+        "attack.queries=2",
+        config_name="attack",
+    )
+    (mean,) = evaluate(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {name for name, row in results["members"].items() if row["skipped"]} == set()
+    (record,) = results["images"]
+    assert record["winner"] in record["members"] and record["bpp_adv"] > 0
+    assert mean["psnr_adv"] == pytest.approx(min(f["psnr_adv"] for f in record["members"].values()), abs=1e-4)
 
 
 def test_batched_and_one_by_one_runs_agree(tmp_path, trained_checkpoint):

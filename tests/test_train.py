@@ -24,7 +24,9 @@ ARCHS = [
     "mbt2018",
     "cheng2020_anchor",
     "cheng2020_attn",
-]
+    "cheng2020_checkerboard",
+    "bmshj2018_hyperprior_vbr",
+]  # ELIC: test_adversarial.py's robust step (a tiny ELIC trains far slower); mbt2018_mean_vbr: below
 
 
 def metrics_rows(output_dir: Path) -> list[dict]:
@@ -52,6 +54,26 @@ def test_a_few_steps_of_every_architecture(tiny_cfg, tmp_path, arch):
     assert saved["step"] == 4 and saved["val/clean/bpp_real"] == results["val/clean/bpp_real"]
     rows = metrics_rows(tmp_path)
     assert any(row["val/clean/bpp_real"] for row in rows) and any(row["train/loss"] for row in rows)
+
+
+def test_a_variable_rate_codec_trains_a_drawn_rate_each_step(tiny_cfg, tmp_path):
+    train(tiny_cfg("model=mbt2018_mean_vbr", "model.rate=3", "trainer.max_steps=6"))
+    drawn = {float(row["train/rate"]) for row in metrics_rows(tmp_path) if row.get("train/rate")}
+    assert len(drawn) > 2 and drawn <= set(range(1, 9))
+
+
+def test_a_training_step_takes_its_rates_lambda_and_gives_both_back():
+    from rnic.module import CodecModule
+
+    module = CodecModule(build_codec("mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24), quality=3)
+    module.frozen["teacher"] = build_codec(
+        "mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24
+    )  # adv.method=teacher's
+    assert module.lmbda == 0.0067
+    with module.training_rate() as rate:
+        assert module.codec.rate == module.frozen["teacher"].rate == rate != 3
+        assert module.lmbda == module.codec.lmbda[rate - 1]
+    assert (module.codec.rate, module.frozen["teacher"].rate, module.lmbda) == (3, 3, 0.0067)
 
 
 def test_checkpoint_reloads_to_identical_reconstructions_and_bitstreams(tiny_cfg, tmp_path):
