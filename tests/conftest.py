@@ -71,9 +71,11 @@ def attack_cfg(tmp_path: Path, checkpoint, *overrides: str, eps: float = 0.0157,
 
 
 def tiny_widths(overrides) -> list[str]:
-    """Small codec widths (cheng2020 codecs have only N)."""
+    """Small codec widths (cheng2020 codecs have only N; MLIC++ slices y in parts of at least 32)."""
     if any(o.startswith("model=cheng2020") for o in overrides):
         return ["model.N=16"]
+    if "model=mlicpp" in overrides:
+        return ["model.N=16", "model.M=64", "model.slice_num=2"]
     return ["model.N=16", "model.M=24"]
 
 
