@@ -71,11 +71,20 @@ def attack_cfg(tmp_path: Path, checkpoint, *overrides: str, eps: float = 0.0157,
 
 
 def tiny_widths(overrides) -> list[str]:
-    """Small codec widths (cheng2020 codecs have only N; ELIC below M=129 needs its own channel groups)."""
+    """Small codec widths (cheng2020 codecs have only N; ELIC below M=129 needs its own channel groups;
+    MLIC++ slices y in parts of at least 32; TCM's attention heads must divide their channels)."""
     if any(o.startswith("model=cheng2020") for o in overrides):
         return ["model.N=16"]
     if "model=elic" in overrides:
         return ["model.N=16", "model.M=32", "model.groups=[4,4,8,16]"]
+    if "model=mlicpp" in overrides:
+        return ["model.N=16", "model.M=64", "model.slice_num=2"]
+    if "model=tcm" in overrides:
+        return [
+            "model.N=16", "model.M=40", "model.config=[1,1,1,1,1,1]", "model.head_dim=[8,8,8,8,8,8]",
+            "model.hyper_channels=32", "model.hyper_head_dim=8", "model.attention_dim=16",
+            "model.attention_head_dim=8", "model.entropy_widths=[32,32]",
+        ]  # fmt: skip
     return ["model.N=16", "model.M=24"]
 
 
