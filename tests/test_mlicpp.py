@@ -132,6 +132,7 @@ def test_the_other_release_does_not_load(tmp_path, reference):
         (["model.pretrained=true"], "model=mlicpp model.pretrained=true: rnic downloads no weights"),
         (["model.M=96", "model.slice_num=4"], "model.slice_num=4 does not fit model.M=96"),
         (["model.release=2022"], "model.release=2022 is not one of the authors' releases"),
+        (["model.release=latest"], "model.release=latest is not one of the authors' releases"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(tmp_path, overrides, message):

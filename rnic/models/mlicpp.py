@@ -84,7 +84,7 @@ class MLICPlusPlus(CompressionModel):
                 f"model.slice_num={slice_num} does not fit model.M={M}: slices of M / slice_num channels, "
                 f"a whole number of at least 32"
             )
-        if int(release) not in RELEASES:
+        if str(release) not in map(str, RELEASES):
             raise ValueError(f"model.release={release} is not one of the authors' releases: {RELEASES}")
         self.N, self.M, self.slice_num, self.slice_ch = N, M, slice_num, slice_ch
         release = int(release)
