@@ -71,9 +71,17 @@ def attack_cfg(tmp_path: Path, checkpoint, *overrides: str, eps: float = 0.0157,
 
 
 def tiny_widths(overrides) -> list[str]:
-    """Small codec widths (cheng2020 codecs have only N)."""
+    """Small codec widths (cheng2020 codecs have only N; TCM's heads must divide N and its slices M)."""
     if any(o.startswith("model=cheng2020") for o in overrides):
         return ["model.N=16"]
+    if "model=tcm" in overrides:
+        return [
+            "model.N=16",
+            "model.M=24",
+            "model.num_slices=2",
+            "model.head_dim=[8,8,8,8,8,8]",
+            "model.hyper_head_dim=8",
+        ]
     return ["model.N=16", "model.M=24"]
 
 

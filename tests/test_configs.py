@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from rnic.config import codec_from_config
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, compose_config, tiny_widths
 
 
 def options(group: str) -> list[str]:
@@ -26,8 +26,7 @@ def test_classical_model_options_build_their_coder(tmp_path, model):
 
 @pytest.mark.parametrize("model", [m for m in options("model") if m not in ("custom", *CLASSICAL)])
 def test_model_options_build_their_codec(tmp_path, model):
-    widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
-    cfg = compose_config(tmp_path, f"model={model}", *widths)
+    cfg = compose_config(tmp_path, f"model={model}", *tiny_widths([f"model={model}"]))
     codec = codec_from_config(cfg)
     expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
     if expected:
