@@ -108,13 +108,18 @@ class CenterSmoothing(nn.Module):
         """(noisy copies, their reconstructions) of one image (3, H, W): `count` draws, `batch` per forward
         (the eval-mode forward rounds as the real coder does)."""
         copies, recons = [], []
-        for start in range(0, count, self.batch):
-            n = min(self.batch, count - start)
-            noise = torch.randn((n, *image.shape), generator=generator, device=generator.device)
-            copy = image[None] + self.sigma * noise.to(image)
+        for noise in self.noise(image, count, generator):
+            copy = image[None] + self.sigma * noise
             copies.append(copy)
             recons.append(rd.forward_padded(codec, copy)[0].clamp(0, 1))
         return torch.cat(copies), torch.cat(recons)
+
+    def noise(self, image: Tensor, count: int, generator: torch.Generator) -> list[Tensor]:
+        """The N(0, I) draws of `count` copies of `image`, `batch` per tensor, as the encoder draws them
+        (a white-box attacker who knows the seed computes them too)."""
+        sizes = [min(self.batch, count - start) for start in range(0, count, self.batch)]
+        draws = [torch.randn((n, *image.shape), generator=generator, device=generator.device) for n in sizes]
+        return [d.to(image) for d in draws]
 
     def draw_seed(self) -> int:
         """The seed of one image's draws: fresh from the OS, or the next of the stream `seed` starts."""

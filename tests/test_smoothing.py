@@ -206,3 +206,88 @@ def test_certification_is_refused_where_the_forward_is_not_what_the_decoder_outp
     with pytest.raises(ValueError, match=r"certify=true: JointAutoregressiveHierarchicalPriors's forward"):
         evaluate_robustness(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def attack_deployed_encoder(smoothing, codec, x, center, eps, seed, steps=5):
+    """White-box L2 attack on the deployed encoder, the strongest case: the attacker knows the seed of
+    the encode to come, so it differentiates (quantisation skipped) the median distance of the very
+    copies the encoder will draw to the clean center, whose sample the min-median choice then takes."""
+    from rnic.attacks import quantization_proxy
+
+    noise = torch.cat(smoothing.noise(x, smoothing.samples, smoothing.generator(seed, 0)))
+    delta = torch.zeros_like(x, requires_grad=True)
+    for _ in range(steps):
+        with quantization_proxy(codec, "skip"):
+            recons = rd.forward_padded(codec, (x + delta)[None] + smoothing.sigma * noise)[0]
+        (grad,) = torch.autograd.grad((recons - center).flatten(1).norm(dim=1).median(), delta)
+        with torch.no_grad():
+            moved = (x + delta + 2.5 * eps / steps * grad / grad.norm().clamp_min(1e-12)).clamp(0, 1) - x
+            delta.copy_(moved * min(1.0, eps / float(moved.norm().clamp_min(1e-12))))
+    return (x + delta).detach()
+
+
+def test_the_certificate_holds_against_the_deployed_encoder_attacked_with_its_draws(trained_codec, photos):
+    """The clean center, the certificate and the attacked center each from their own draws (independent
+    seeds), the attack through the deployed encoder knowing its draws: the attacked center stays within
+    the bound, or abstains. (On learned codecs the bound sits far above the move: this test alone would
+    not see a bound 3x too small; the known-answer test below does.)"""
+    smoothing = CenterSmoothing(
+        sigma=0.05, samples=100, certify_samples=1000, alpha=0.01, delta=0.3, batch=100
+    )
+    x, eps = photos[0, :, :32, :32], 0.025
+    with torch.no_grad():
+        clean = smoothing.predict(trained_codec, x, seed=1)
+        (certificate,) = smoothing.certify(trained_codec, x, clean["center"], [eps], seed=2)
+    assert not clean["abstain"] and not certificate["abstain"]
+    checked = 0
+    for seed in (3, 4):
+        x_adv = attack_deployed_encoder(smoothing, trained_codec, x, clean["center"], eps, seed)
+        assert float((x_adv - x).norm()) <= eps + 1e-6
+        with torch.no_grad():
+            attacked = smoothing.predict(trained_codec, x_adv, seed=seed)
+        moved = float((attacked["center"] - clean["center"]).norm())
+        print(f"moved {moved:.4f}, bound {certificate['bound_l2']:.4f}, abstained {attacked['abstain']}")
+        assert attacked["abstain"] or moved <= certificate["bound_l2"]
+        checked += not attacked["abstain"]
+    assert checked  # not vacuous: an attacked center passed its check
+
+
+class MeanThreshold(torch.nn.Module):
+    """A known answer: reconstructs `value` everywhere where the image's mean exceeds `threshold`, else 0.
+    Under N(0, sigma^2 I) noise it outputs `value` with probability 1 - Phi(a), a = (threshold - mean) x
+    sqrt(d) / sigma; a perturbation of L2 norm eps along the all-ones direction moves a by eps / sigma."""
+
+    downsampling_factor = 1
+
+    def __init__(self, threshold: float, value: float):
+        super().__init__()
+        self.threshold, self.value = threshold, value
+
+    def forward(self, x):
+        above = (x.mean(dim=(1, 2, 3), keepdim=True) > self.threshold).to(x)
+        return {"x_hat": above * self.value * torch.ones_like(x), "likelihoods": {}}
+
+
+def test_the_certificate_is_exact_where_the_answer_is_known():
+    """At x the output is 0 with probability 0.8; a perturbation of eps = 1.2 sigma (the worst direction)
+    makes `value` the majority, so the deployed encoder's center jumps by ||value||: exactly the distance
+    the quantile at the certified level must reach (the level exceeds 0.8 only because of eps / sigma),
+    and the bound is (1 + beta) = 3 times it."""
+    from statistics import NormalDist
+
+    sigma, eps, shape = 0.1, 0.12, (3, 4, 4)
+    d = math.prod(shape)
+    x = torch.full(shape, 0.5)
+    codec = MeanThreshold(0.5 + NormalDist().inv_cdf(0.8) * sigma / math.sqrt(d), value=0.25)
+    smoothing = CenterSmoothing(
+        sigma=sigma, samples=400, certify_samples=2000, alpha=0.01, delta=0.2, batch=400
+    )
+    jump = 0.25 * math.sqrt(d)
+    clean = smoothing.predict(codec, x, seed=1)
+    (certificate,) = smoothing.certify(codec, x, clean["center"], [eps], seed=2)
+    x_adv = x + eps / math.sqrt(d)  # L2 norm eps along the all-ones direction
+    attacked = smoothing.predict(codec, x_adv, seed=3)
+    moved = float((attacked["center"] - clean["center"]).norm())
+    assert not clean["abstain"] and not attacked["abstain"] and moved == pytest.approx(jump)
+    assert certificate["bound_l2"] is not None and moved <= certificate["bound_l2"]
+    assert certificate["bound_l2"] == pytest.approx(3 * jump)
