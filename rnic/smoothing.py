@@ -18,6 +18,8 @@ exceeds 1, the certificate abstains.
 from __future__ import annotations
 
 import math
+import random
+import secrets
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -56,8 +58,9 @@ class CenterSmoothing(nn.Module):
     """`defense=center_smoothing`: Gaussian noise of `sigma` on the input, `samples` noisy copies for the
     center and as many for its check, `certify_samples` for a certificate, confidence 1 - `alpha` each
     (jointly 1 - 2 alpha); `delta` the margin over half of the mass. `batch`: noisy copies per codec
-    forward. `seed`: the noise of the encoder's draws (per image: every image draws what it would draw
-    alone)."""
+    forward. `seed`: None (default) draws every encode's noise fresh from the OS, as the guarantee assumes
+    (fresh draws at the perturbed input); an integer starts a reproducible stream of per-image seeds for
+    studies (an attacker who knows it knows the draws). Each encode's seed is recorded."""
 
     name = "center_smoothing"
     random = True
@@ -70,7 +73,7 @@ class CenterSmoothing(nn.Module):
         alpha: float = 0.05,
         delta: float = 0.2,
         batch: int = 50,
-        seed: int = 0,
+        seed: int | None = None,
     ):
         super().__init__()
         if not sigma > 0:
@@ -94,7 +97,8 @@ class CenterSmoothing(nn.Module):
         self.alpha = float(alpha)
         self.delta = float(delta)
         self.batch = int(batch)
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
+        self._seeds = None if seed is None else random.Random(self.seed)
 
     def noisy(self, x: Tensor, generators: list[torch.Generator]) -> Tensor:
         return x + self.sigma * rng.randn(generators, tuple(x.shape[1:]), x)
@@ -104,26 +108,38 @@ class CenterSmoothing(nn.Module):
         """(noisy copies, their reconstructions) of one image (3, H, W): `count` draws, `batch` per forward
         (the eval-mode forward rounds as the real coder does)."""
         copies, recons = [], []
-        for start in range(0, count, self.batch):
-            n = min(self.batch, count - start)
-            noise = torch.randn((n, *image.shape), generator=generator, device=generator.device)
-            copy = image[None] + self.sigma * noise.to(image)
+        for noise in self.noise(image, count, generator):
+            copy = image[None] + self.sigma * noise
             copies.append(copy)
             recons.append(rd.forward_padded(codec, copy)[0].clamp(0, 1))
         return torch.cat(copies), torch.cat(recons)
 
-    def generator(self, draw: int) -> torch.Generator:
-        """The CPU generator of one of the three sample sets (0: center, 1: its check, 2: certificate)."""
-        return torch.Generator().manual_seed(self.seed + draw)
+    def noise(self, image: Tensor, count: int, generator: torch.Generator) -> list[Tensor]:
+        """The N(0, I) draws of `count` copies of `image`, `batch` per tensor, as the encoder draws them
+        (a white-box attacker who knows the seed computes them too)."""
+        sizes = [min(self.batch, count - start) for start in range(0, count, self.batch)]
+        draws = [torch.randn((n, *image.shape), generator=generator, device=generator.device) for n in sizes]
+        return [d.to(image) for d in draws]
+
+    def draw_seed(self) -> int:
+        """The seed of one image's draws: fresh from the OS, or the next of the stream `seed` starts."""
+        return secrets.randbits(62) if self._seeds is None else self._seeds.getrandbits(62)
+
+    @staticmethod
+    def generator(seed: int, draw: int) -> torch.Generator:
+        """The CPU generator of a sample set drawn from `seed` (0: center, 1: its check, 2: certificate)."""
+        return torch.Generator().manual_seed(seed + draw)
 
     @torch.no_grad()
-    def predict(self, codec: nn.Module, image: Tensor) -> dict:
+    def predict(self, codec: nn.Module, image: Tensor, seed: int | None = None) -> dict:
         """The center of one image: its noisy copy (what the encoder codes), its reconstruction, the median
-        radius, and whether the ball of that radius holds enough fresh samples (else: abstain)."""
-        copies, recons = self.reconstructions(codec, image, self.samples, self.generator(0))
+        radius, and whether the ball of that radius holds enough fresh samples (else: abstain); the draws'
+        `seed` (None: `draw_seed()`) is returned with them."""
+        seed = self.draw_seed() if seed is None else int(seed)
+        copies, recons = self.reconstructions(codec, image, self.samples, self.generator(seed, 0))
         index, radius = center_of(recons)
         center = recons[index]
-        _, check = self.reconstructions(codec, image, self.samples, self.generator(1))
+        _, check = self.reconstructions(codec, image, self.samples, self.generator(seed, 1))
         inside = float(((check - center).flatten(1).double().norm(dim=1) <= radius).double().mean())
         margin = math.sqrt(math.log(2 / self.alpha) / (2 * self.samples))
         abstain = max(margin, 0.5 - (inside - margin)) > self.delta
@@ -133,15 +149,17 @@ class CenterSmoothing(nn.Module):
             "radius": radius,
             "inside": inside,
             "abstain": abstain,
+            "seed": seed,
         }
 
     @torch.no_grad()
     def certify(
-        self, codec: nn.Module, image: Tensor, center: Tensor, budgets: Sequence[float]
+        self, codec: nn.Module, image: Tensor, center: Tensor, budgets: Sequence[float], seed: int
     ) -> list[dict]:
         """Per input radius eps (L2 on [0, 1] samples): the certified bound on the smoothed reconstruction's
-        move (L2, and as a PSNR floor against the clean smoothed reconstruction), or abstain."""
-        _, recons = self.reconstructions(codec, image, self.certify_samples, self.generator(2))
+        move (L2, and as a PSNR floor against the clean smoothed reconstruction), or abstain; the samples
+        drawn from `seed` (a seed of its own: independent of the center's draws)."""
+        _, recons = self.reconstructions(codec, image, self.certify_samples, self.generator(seed, 2))
         distances = (recons - center).flatten(1).double().norm(dim=1)
         values = image.numel()
         records = []
@@ -149,10 +167,12 @@ class CenterSmoothing(nn.Module):
             level = certified_level(float(eps), self.sigma, self.delta, self.alpha, self.certify_samples)
             record = {"eps": float(eps), "eps_psnr": psnr_of_l2(float(eps), values), "level": level}
             if level > 1:
-                record.update(bound_l2=None, psnr_floor=None, abstain=True)
+                record.update(bound_l2=None, psnr_floor=None, abstain=True, abstain_reason="level")
             else:
                 bound = RADIUS_COEFF * float(distances.quantile(level))
-                record.update(bound_l2=bound, psnr_floor=psnr_of_l2(bound, values), abstain=False)
+                record.update(
+                    bound_l2=bound, psnr_floor=psnr_of_l2(bound, values), abstain=False, abstain_reason=None
+                )
             records.append(record)
         return records
 
@@ -164,7 +184,8 @@ def psnr_of_l2(norm: float, values: int) -> float | None:
 
 class SmoothedCodec(nn.Module):
     """`codec` behind center smoothing, with CompressAI's interface. `compress` sends, per image, the
-    stream of its center copy (nothing else: `decompress` is the codec's own); `forward` reconstructs one
+    stream of its center copy and a one-byte stream saying whether the center passed its check (the
+    decoder is the codec's own; `decompress` also returns `center_passed`); `forward` reconstructs one
     noisy copy per call (random: attacks average `eot_samples` draws); `certify` gives the certificate."""
 
     def __init__(self, codec: nn.Module, smoothing: CenterSmoothing, eot_samples: int = 8):
@@ -200,37 +221,48 @@ class SmoothedCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> dict:
-        """Each image's center copy, coded for real."""
+        """Each image's center copy, coded for real, and whether its center passed the check (a byte)."""
         with rd.evaluating(self.codec):  # the real rounding, whatever mode the codec was left in
             predictions = [self.smoothing.predict(self.codec, image) for image in x]
         self.last_choice = {  # per image, into attack.py's records (rnic.pairs.code_pair)
             "smoothing_abstain": [p["abstain"] for p in predictions],
             "smoothing_radius": [p["radius"] for p in predictions],
+            "smoothing_seed": [p["seed"] for p in predictions],  # reproduces the encoder's draws
         }
         copies = torch.stack([p["copy"] for p in predictions])
         padded, unpadding = rd.pad(copies, rd.stride(self.codec))
         encoded = self.codec.compress(padded)
-        return {"strings": encoded["strings"], "shape": {"inner": encoded["shape"], "unpadding": unpadding}}
+        passed = [bytes([not p["abstain"]]) for p in predictions]
+        strings = [*encoded["strings"], passed]
+        return {"strings": strings, "shape": {"inner": encoded["shape"], "unpadding": unpadding}}
 
     @torch.no_grad()
     def decompress(self, strings: list, shape: dict) -> dict:
-        x_hat = self.codec.decompress(strings, shape["inner"])["x_hat"]
-        return {"x_hat": rd.unpad(x_hat, shape["unpadding"]).clamp(0, 1)}
+        x_hat = self.codec.decompress(strings[:-1], shape["inner"])["x_hat"]
+        passed = [bool(flag[0]) for flag in strings[-1]]
+        return {"x_hat": rd.unpad(x_hat, shape["unpadding"]).clamp(0, 1), "center_passed": passed}
 
 
 def certify_images(
     smoothed: SmoothedCodec, x: Tensor, clean_hat: Tensor, adv_hat: Tensor, records: list[dict], budgets
 ) -> None:
-    """Add to each image's record its certificate (`certified`: one entry per input radius, all abstaining
-    where the center failed its check) and the empirical move of its smoothed reconstruction under the
-    attack (`psnr_adv_vs_clean`), to set beside the certified PSNR floor."""
+    """Add to each image's record its certificate (`certified`: one entry per input radius; all abstain
+    where the clean image's center failed its check, or the attacked image's: the bound holds only for a
+    checked center at the perturbed input too), the certificate's seed (`certify_seed`), and the empirical
+    move of its smoothed reconstruction under the attack (`psnr_adv_vs_clean`), beside the PSNR floor."""
     for row, record in enumerate(records):
+        seed = smoothed.smoothing.draw_seed()
         with rd.evaluating(smoothed.codec):
-            certified = smoothed.smoothing.certify(smoothed.codec, x[row], clean_hat[row].to(x), budgets)
-        if record.get("smoothing_abstain_clean"):
-            for entry in certified:
-                entry.update(bound_l2=None, psnr_floor=None, abstain=True)
+            certified = smoothed.smoothing.certify(
+                smoothed.codec, x[row], clean_hat[row].to(x), budgets, seed
+            )
+        for image in ("clean", "adv"):
+            if record.get(f"smoothing_abstain_{image}"):
+                for entry in certified:
+                    reason = entry["abstain_reason"] or ("clean" if image == "clean" else "attacked")
+                    entry.update(bound_l2=None, psnr_floor=None, abstain=True, abstain_reason=reason)
         record["certified"] = certified
+        record["certify_seed"] = seed
         record["psnr_adv_vs_clean"] = rd.finite_or_none(
             rd.psnr(adv_hat[row : row + 1], clean_hat[row : row + 1])[0]
         )
@@ -238,7 +270,8 @@ def certify_images(
 
 def certified_means(records: list[dict]) -> list[dict]:
     """Per input radius: the mean certified bound and PSNR floor over the images that got a certificate,
-    and how many abstained."""
+    how many abstained (and why: the level above 1, the clean or the attacked image's center failing its
+    check), and the abstention rate."""
     by_eps: dict[float, list[dict]] = {}
     for record in records:
         for entry in record.get("certified") or []:
@@ -253,6 +286,9 @@ def certified_means(records: list[dict]) -> list[dict]:
                 "bound_l2": rd.mean_or_none([e["bound_l2"] for e in kept]),
                 "psnr_floor": rd.mean_or_none([e["psnr_floor"] for e in kept]),
                 "abstained": len(entries) - len(kept),
+                "abstained_clean": sum(e.get("abstain_reason") == "clean" for e in entries),
+                "abstained_attacked": sum(e.get("abstain_reason") == "attacked" for e in entries),
+                "abstention_rate": (len(entries) - len(kept)) / len(entries),
                 "images": len(entries),
             }
         )
@@ -269,13 +305,16 @@ def certificate_table(means: list[dict]) -> str:
         "\ncertified (center smoothing): no perturbation within eps moves the smoothed reconstruction below"
     ]
     lines.append(
-        f"{'eps (L2)':>9} {'input PSNR':>11} {'bound (L2)':>11} {'PSNR floor':>11} {'abstained':>10}"
+        f"{'eps (L2)':>9} {'input PSNR':>11} {'bound (L2)':>11} {'PSNR floor':>11} {'abstained':>10} "
+        f"{'rate':>5} (clean/attacked)"
     )
     for m in means:
         show = [
             f"{v:.2f}" if v is not None else "n/a" for v in (m["eps_psnr"], m["bound_l2"], m["psnr_floor"])
         ]
+        reasons = f"({m.get('abstained_clean', 0)}/{m.get('abstained_attacked', 0)})"
         lines.append(
-            f"{m['eps']:>9g} {show[0]:>11} {show[1]:>11} {show[2]:>11} {m['abstained']:>4}/{m['images']}"
+            f"{m['eps']:>9g} {show[0]:>11} {show[1]:>11} {show[2]:>11} {m['abstained']:>6}/{m['images']:<3} "
+            f"{m.get('abstention_rate', 0):>5.0%} {reasons}"
         )
     return "\n".join(lines)

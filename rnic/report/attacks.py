@@ -118,7 +118,8 @@ def rate_distortion_figure(attacks: list[dict]) -> Figure:
 
 def certified_figure(attacks: list[dict]) -> Figure:
     """Center smoothing: the certified PSNR floor of the smoothed reconstruction against the input radius,
-    beside the empirical attacked figure (the attacked smoothed reconstruction vs the clean one)."""
+    each point with its abstention rate, beside the empirical attacked figure (the attacked smoothed
+    reconstruction vs the clean one)."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axis = figure.subplots()
     for row in attacks:
@@ -128,6 +129,9 @@ def certified_figure(attacks: list[dict]) -> Figure:
         name = label(row, "codec", "quality", "weights")
         (line,) = axis.plot([c["eps"] for c in points], [c["psnr_floor"] for c in points], "o-",
                             label=f"{name}: certified floor")  # fmt: skip
+        for c in points:  # the floor holds for the certified images only: their share beside it
+            axis.annotate(f"{c.get('abstention_rate', 0):.0%} abstained", (c["eps"], c["psnr_floor"]),
+                          textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
         if row.get("psnr_adv_vs_clean") is not None and row.get("eps") is not None:
             axis.plot([row["eps"]], [row["psnr_adv_vs_clean"]], "x", markersize=10, color=line.get_color(),
                       label=f"{name}: {row['attack']} (empirical)")  # fmt: skip
