@@ -53,3 +53,11 @@ def test_monitored_splits_log_curves_and_early_stopping_ends_the_run(tmp_path):
 def test_a_monitored_metric_that_is_never_logged_is_refused_up_front(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         train(compose_config(tmp_path, *TINY, "model.N=16", "model.M=24", *overrides))
+
+
+def test_the_protocol_preset_evaluates_val_and_test_and_draws_curves(tmp_path):
+    cfg = compose_config(tmp_path, "experiment=robust_methods_protocol", keep_hydra=True)
+    assert list(cfg.robust_eval.splits) == ["val", "test"] and list(cfg.data.monitor) == ["train", "test"]
+    assert set(cfg.robust_eval.attacks) == {"linf", "mse"}
+    methods = cfg.hydra.sweeper.params["adv.method"].split(",")
+    assert methods[0] == "none" and "mix" in methods and cfg.hydra.sweeper.params["model.quality"] == "1,2,3"
