@@ -135,7 +135,8 @@ def check_bitstreams(checkpoint: str, arch: str, quality: int, measured: dict[st
     codec = load_weights(build_codec(arch, quality=quality), checkpoint).eval()
     codec.update(force=True)
     for threat, evaluation in measured.items():
-        paths = {p.stem: p for p in SampleImages().splits()["val"]}
+        splits = SampleImages().splits()
+        paths = {p.stem: p for p in splits["val"] + splits["test"]}  # robust_eval/<threat>_test: test
         x = torch.stack([v2.CenterCrop(256)(read_image(paths[name])) for name in evaluation["images"]])
         _, bpp = compress_decompress(codec, x)
         if bpp.tolist() != evaluation["per_image"]["bpp_clean"]:

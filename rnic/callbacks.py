@@ -34,7 +34,7 @@ class LogReconstructions(L.Callback):
         self.pairs = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx:  # val's images only
             return
         keys = ["x", "x_hat"] + (["x_adv", "x_hat_adv"] if "x_adv" in outputs else [])
         for images in zip(*(outputs[k] for k in keys), strict=True):

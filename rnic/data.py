@@ -192,7 +192,9 @@ class ImageDataModule(L.LightningDataModule):
     evaluate the best checkpoint on the test split (off for `data=sample`: its test split is for
     final figures only, measured with attack.py split=test). `augment` (none | flips | full) transforms
     training crops only; `synthetic_fraction` of each epoch's training images are drawn from `synthetic`
-    (1: only synthetic images, as many as the photos' crops).
+    (1: only synthetic images, as many as the photos' crops). `monitor` names splits (train, test)
+    evaluated beside val at every validation, on their first `monitor_images` images (train: centre
+    crops of data.patch_size), for curves of robust overfitting (logged as monitor/<split>/...).
     """
 
     def __init__(
@@ -212,8 +214,16 @@ class ImageDataModule(L.LightningDataModule):
         augment: str = "flips",
         synthetic: DeadLeaves | None = None,
         synthetic_fraction: float = 0.0,
+        monitor: Sequence[str] = (),
+        monitor_images: int = 4,
     ):
         super().__init__()
+        self.monitor = tuple(monitor or ())
+        if any(split not in ("train", "test") for split in self.monitor) or len(set(self.monitor)) < len(
+            self.monitor
+        ):
+            raise ValueError(f"data.monitor={list(self.monitor)} may name train and test (once each)")
+        self.monitor_images = int(monitor_images)
         self.eval_test = eval_test
         training_transform(int(patch_size), augment)  # refuses an unknown name now, not at the first batch
         self.augment = augment
@@ -302,8 +312,18 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        val = self._loader("val", self.val_batch_size, shuffle=False)
+        if not self.monitor:
+            return val
+        return [val, *(self.monitored_loader(split) for split in self.monitor)]
+
+    def monitored_loader(self, split: str) -> DataLoader:
+        """The first `monitor_images` of `split`, as validation sees them (train: fixed centre crops)."""
+        files = self.prepare((split,))[split][: self.monitor_images]
+        crop = self.patch_size if split == "train" else self.crops[split]
+        dataset = ImageDataset(files, v2.CenterCrop(crop) if crop else None, cache=self.cache_images)
+        return DataLoader(dataset, batch_size=self.val_batch_size, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.val_batch_size, shuffle=False)

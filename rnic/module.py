@@ -23,6 +23,8 @@ from rnic.methods import Step, TrainingMethod, count_passes, rd_step
 # Figures that may have no value in an epoch (MS-SSIM of images below its minimum size, VI of
 # unperturbed images): computed at the epoch's end and logged only where they exist.
 SPARSE_FIGURES = ("ms_ssim", "vi")
+# Splits evaluated beside val at every validation (data.monitor): curves of robust overfitting.
+MONITOR_STAGES = ("monitor/train", "monitor/test")
 
 
 def eval_metrics() -> MetricCollection:
@@ -114,7 +116,11 @@ class CodecModule(L.LightningModule):
         ignored = ["codec", "optimizer", "aux_optimizer", "scheduler", "adversarial", "max_passes", "defense"]
         self.save_hyperparameters(ignore=ignored)
         self.eval_metrics = nn.ModuleDict(
-            {f"{stage}_{kind}": eval_metrics() for stage in ("val", "test") for kind in ("clean", "attacked")}
+            {
+                f"{stage}_{kind}".replace("/", "_"): eval_metrics()
+                for stage in ("val", "test", *MONITOR_STAGES)
+                for kind in ("clean", "attacked")
+            }
         )
         self._coded_images = 0
         # Under DDP: the quantiles take no gradient from the main loss, and the entropy
@@ -266,16 +272,22 @@ class CodecModule(L.LightningModule):
         self.__dict__["coder"] = coder_on(self.evaluated, self.coding_device)
         self._coded_images = 0
 
+    def validation_stages(self) -> list[str]:
+        """The stage of each validation dataloader: val, then the monitored splits."""
+        monitor = getattr(getattr(self._trainer, "datamodule", None), "monitor", ())
+        return ["val", *(f"monitor/{split}" for split in monitor)]
+
     def on_validation_epoch_start(self) -> None:
         self.update_entropy_tables()
-        self.reset_sparse_figures("val")
+        for stage in self.validation_stages():
+            self.reset_sparse_figures(stage)
 
     def on_test_epoch_start(self) -> None:
         self.update_entropy_tables()
         self.reset_sparse_figures("test")
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        return self.evaluate(batch, "val")
+    def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self.evaluate(batch, self.validation_stages()[dataloader_idx])
 
     def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         return self.evaluate(batch, "test")
@@ -283,13 +295,13 @@ class CodecModule(L.LightningModule):
     def reset_sparse_figures(self, stage: str) -> None:
         for kind in ("clean", "attacked"):
             for name in SPARSE_FIGURES:
-                self.eval_metrics[f"{stage}_{kind}"][name].reset()
+                self.eval_metrics[f"{stage}_{kind}".replace("/", "_")][name].reset()
 
     def log_sparse_figures(self, stage: str) -> None:
         """Log MS-SSIM and VI of the epoch where any rank measured them; never a NaN of no images."""
         for kind in ("clean", "attacked"):
             for name in SPARSE_FIGURES:
-                metric = self.eval_metrics[f"{stage}_{kind}"][name]
+                metric = self.eval_metrics[f"{stage}_{kind}".replace("/", "_")][name]
                 if name == "vi" and kind == "clean":
                     continue
                 # Every rank computes (compute() syncs the sums across ranks) and decides alike.
@@ -299,7 +311,7 @@ class CodecModule(L.LightningModule):
                     )
                     value = metric.compute()
                 if torch.isfinite(value):
-                    self.log(f"{stage}/{kind}/{name}", value)
+                    self.log(f"{stage}/{kind}/{name}", value, add_dataloader_idx=False)
 
     def evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         """Clean metrics, and with an attack, the same on the attacked images plus VI."""
@@ -316,7 +328,7 @@ class CodecModule(L.LightningModule):
                 attack = retarget(attack, self.evaluated)
             x_adv = attack(x.clone()).detach()
         x_hat_adv = self.log_figures(x_adv, x, stage, "attacked", code)
-        self.eval_metrics[f"{stage}_attacked"]["vi"].update(
+        self.eval_metrics[f"{stage}_attacked".replace("/", "_")]["vi"].update(
             rd.vulnerability_index(x_hat_adv, x_hat, x_adv, x)
         )
         self.log(
@@ -325,22 +337,23 @@ class CodecModule(L.LightningModule):
             on_epoch=True,
             batch_size=x.shape[0],
             sync_dist=True,
+            add_dataloader_idx=False,
         )
         return {**outputs, "x_adv": x_adv, "x_hat_adv": x_hat_adv}
 
     def log_figures(self, inputs: Tensor, source: Tensor, stage: str, kind: str, code: bool) -> Tensor:
         """Log the codec's figures on `inputs` against `source`; returns the reconstruction."""
         prefix = f"{stage}/{kind}"
-        metrics = self.eval_metrics[f"{stage}_{kind}"]
+        metrics = self.eval_metrics[f"{stage}_{kind}".replace("/", "_")]
         x_hat, likelihoods, num_pixels = rd.forward_padded(self.evaluated, inputs)
         terms = rd.rate_distortion(x_hat, likelihoods, source, self.lmbda, self.metric, num_pixels)
         x_hat = x_hat.clamp(0, 1)
         size = source.shape[0]
-        log = dict(on_epoch=True, batch_size=size, sync_dist=True)
+        log = dict(on_epoch=True, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         self.log(f"{prefix}/loss", terms["loss"].mean(), **log)
         self.log(f"{prefix}/bpp", terms["bpp"].mean(), **log)
         metrics["psnr"].update(x_hat, source)
-        self.log(f"{prefix}/psnr", metrics["psnr"], on_epoch=True, batch_size=size)
+        self.log(f"{prefix}/psnr", metrics["psnr"], on_epoch=True, batch_size=size, add_dataloader_idx=False)
         if rd.has_ms_ssim(source):
             metrics["ms_ssim"].update(x_hat, source)
         if code:
@@ -353,7 +366,10 @@ class CodecModule(L.LightningModule):
         self.log_sparse_figures("test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_sparse_figures("val")
+        for stage in self.validation_stages():
+            self.log_sparse_figures(stage)
+        # The x of the PSNR curves (report.py): codec passes spent when these weights were validated.
+        self.log("val/passes_total", float(self.passes_total), add_dataloader_idx=False)
         if self.make_scheduler is None or self.scheduler_interval != "validation":
             return
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":

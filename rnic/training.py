@@ -114,6 +114,22 @@ def check_training_settings(cfg: DictConfig, datamodule, codec: torch.nn.Module)
         )
 
 
+def check_monitored_metrics(cfg: DictConfig, module, datamodule) -> None:
+    """A callback that watches a metric the run never logs would fail at the first validation."""
+    validates_attacks = module.adversarial is not None and module.adversarial.validate
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        key = entry.get("monitor") if entry else None
+        if not key:
+            continue
+        split = key.split("/")[1] if key.startswith("monitor/") else None
+        if "/attacked/" in key and not validates_attacks:
+            raise ValueError(
+                f"callbacks.{name}.monitor={key} needs attacked validation: set attack= and adv.validate=true"
+            )
+        if split is not None and split not in datamodule.monitor:
+            raise ValueError(f"callbacks.{name}.monitor={key} needs data.monitor=[{split}]")
+
+
 def train_batches(datamodule, cfg: DictConfig) -> int:
     """Full training batches per epoch; refuses a split too small for one (it would train nothing)."""
     files = datamodule.prepare()["train"]
@@ -158,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     check_training_settings(cfg, datamodule, codec)
     module = build(cfg.module, codec=codec, adversarial=build_adversarial(cfg, codec))
+    check_monitored_metrics(cfg, module, datamodule)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = OmegaConf.to_container(cfg, resolve=False)  # paths resolve anew on resume
     callbacks = instantiate_all(cfg.get("callbacks"))
@@ -195,32 +212,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @rank_zero_only
 def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
-    """attack.py's evaluation of the final weights under each attack of `robust_eval.attacks` (real
-    bitstreams, into `robust_eval/<name>/`): the mean figures per attack."""
+    """attack.py's evaluation of the final weights under each attack of `robust_eval.attacks` on each split
+    of `robust_eval.splits` (real bitstreams, into `robust_eval/<name>/` for val, `<name>_<split>/` for the
+    others, e.g. linf_test): the mean figures per attack and split."""
     from rnic.evaluation import evaluate_robustness
 
     settings = cfg.robust_eval
+    splits = settings.get("splits") or [settings.get("split", "val")]  # runs that predate `splits`
     figures = {}
-    for name, attack in settings.attacks.items():
-        model = OmegaConf.to_container(cfg.model, resolve=True)
-        model.update(weights=str(weights), pretrained=False)
-        job = OmegaConf.create(
-            {
-                "task_name": "attack",
-                "model": model,
-                "data": OmegaConf.to_container(cfg.data, resolve=True),
-                "attack": OmegaConf.to_container(attack, resolve=True),
-                "paths": {"output_dir": str(Path(cfg.paths.output_dir) / "robust_eval" / name)},
-                "split": settings.split,
-                "max_images": settings.max_images,
-                "batch_size": settings.batch_size,
-                "device": settings.device,
-                "coding_device": cfg.module.coding_device,
-                "seed": cfg.seed,
-            }
-        )
-        (figures[name],) = evaluate_robustness(job)
+    for split in splits:
+        for name, attack in settings.attacks.items():
+            folder = name if split == "val" else f"{name}_{split}"
+            model = OmegaConf.to_container(cfg.model, resolve=True)
+            model.update(weights=str(weights), pretrained=False)
+            job = OmegaConf.create(
+                {
+                    "task_name": "attack",
+                    "model": model,
+                    "data": OmegaConf.to_container(cfg.data, resolve=True),
+                    "attack": OmegaConf.to_container(attack, resolve=True),
+                    "paths": {"output_dir": str(Path(cfg.paths.output_dir) / "robust_eval" / folder)},
+                    "split": split,
+                    "max_images": settings.max_images,
+                    "batch_size": settings.batch_size,
+                    "device": settings.device,
+                    "coding_device": cfg.module.coding_device,
+                    "seed": cfg.seed,
+                }
+            )
+            (figures[folder],) = evaluate_robustness(job)
     return figures
+
+
+def merged(per_dataloader: list[dict]) -> dict:
+    """One dict of the metrics that validate/test return per dataloader (val and data.monitor's splits)."""
+    return {key: value for metrics in per_dataloader for key, value in metrics.items()}
 
 
 def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, dict, str | None]:
@@ -230,8 +256,7 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     start = {}
     if not cfg.get("ckpt_path"):  # the starting model, for the before/after table
-        (start,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-        start = plain_metrics(start)
+        start = plain_metrics(merged(trainer.validate(module, datamodule=datamodule, verbose=False)))
     first_step = trainer.global_step
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -255,7 +280,7 @@ def fit(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> tuple[dict, 
     for stage, run in (("val", trainer.validate), ("test", trainer.test)):
         if stage == "test" and not (datamodule.eval_test and datamodule.prepare()["test"]):
             continue
-        (metrics,) = run(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics = merged(run(module, datamodule=datamodule, ckpt_path=best, verbose=False))
         results.update(plain_metrics(metrics))
         if stage == "val" and trainer.is_global_zero:  # the weights just validated: best, else final
             cost["reference"] = classical_reference(module, datamodule)
@@ -268,7 +293,7 @@ def classical_reference(module, datamodule) -> dict:
     coders at the highest quality within that image's learned rate; mean PSNR and bpp of each."""
     module.update_entropy_tables()
     figures = {"learned": {"psnr": [], "bpp": []}} | {name: {"psnr": [], "bpp": []} for name in REFERENCES}
-    for batch in datamodule.val_dataloader():
+    for batch in datamodule._loader("val", datamodule.val_batch_size, shuffle=False):  # val alone
         x = batch.to(device_of(module.coder))
         x_hat, bpp = compress_decompress(module.coder, x)
         figures["learned"]["psnr"] += rd.psnr(x_hat, x).tolist()

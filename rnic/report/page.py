@@ -22,7 +22,13 @@ from rnic.report.attacks import (
 from rnic.report.bd import BD_COLUMNS, bd_rows
 from rnic.report.defenses import DEFENSE_TABLE_COLUMNS, cost_gain_figure, defense_rows
 from rnic.report.methods import collect_runs, gain_figure, method_table
-from rnic.report.training import TRAIN_COLUMNS, finetuning_figure, training_rows, unfinished_trainings
+from rnic.report.training import (
+    TRAIN_COLUMNS,
+    curves_figure,
+    finetuning_figure,
+    training_rows,
+    unfinished_trainings,
+)
 from rnic.report.transfer import TRANSFER_COLUMNS, matrix_figure
 
 
@@ -67,6 +73,7 @@ FIGURE_TITLES = {
     "certified_curve.png": "Center smoothing: certified bound against the attacked PSNR",
     "rate_attacks.png": "Rate attacks: bitstream size and coding time",
     "finetuning.png": "Finetuning: clean and attacked figures before and after",
+    "psnr_curves.png": "PSNR against codec passes on train crops, val and test: clean and attacked",
     "transfer_matrix.png": "Transfer matrix: attacked on (rows), coded by (columns)",
 }
 SUMMARY_COLUMNS = ("codec", "quality", "weights", "defense", "psnr_clean", "bpp_clean", "worst_psnr_adv",
@@ -168,6 +175,9 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
     if trainings:
         write_csv(out / "training.csv", trainings, TRAIN_COLUMNS)
         figures["finetuning.png"] = png_bytes(finetuning_figure(trainings), dpi=90)
+        curves = curves_figure(trainings)
+        if curves is not None:
+            figures["psnr_curves.png"] = png_bytes(curves, dpi=90)
     if transfer:
         figures["transfer_matrix.png"] = png_bytes(matrix_figure(transfer), dpi=90)
     for name, data in figures.items():

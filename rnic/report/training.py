@@ -3,6 +3,7 @@ the val set), the trainings that never finished, and the before / after figure."
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -73,4 +74,63 @@ def finetuning_figure(trainings: list[dict]) -> Figure:
     )
     axis.set(ylabel="val PSNR [dB]", title="before / after training")
     axis.legend(fontsize=7)
+    return figure
+
+
+# (label, metric prefix) of the splits that curves show: data.monitor's train crops and test, and val.
+CURVE_SPLITS = (("train crops", "monitor/train"), ("val", "val"), ("test", "monitor/test"))
+MAX_CURVE_PANELS = 12
+
+
+def psnr_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per split and kind ('val attacked'): (codec passes, PSNR) at each validation of the run's
+    csv/metrics.csv, in the order logged; empty where the run logged no `val/passes_total`."""
+    metrics = run / "csv" / "metrics.csv"
+    if not metrics.is_file():
+        return {}
+    curves: dict[str, list[tuple[float, float]]] = {}
+    with open(metrics) as f:
+        for row in csv.DictReader(f):
+            if not row.get("val/passes_total"):
+                continue
+            for label, prefix in CURVE_SPLITS:
+                for kind in ("clean", "attacked"):
+                    value = row.get(f"{prefix}/{kind}/psnr")
+                    if value:
+                        curves.setdefault(f"{label} {kind}", []).append(
+                            (float(row["val/passes_total"]), float(value))
+                        )
+    return curves
+
+
+def curves_figure(trainings: list[dict]) -> Figure | None:
+    """Clean (dashed) and attacked (solid) PSNR against codec passes, one panel per run with at least two
+    validations: train crops, val and test (data.monitor) as lines. Attacked above clean on val, and
+    falling while the train crops' keeps rising, is robust overfitting."""
+    runs = [(row["run"], psnr_curves(Path(row["run"]))) for row in trainings]
+    runs = [(name, curves) for name, curves in runs if len(curves.get("val clean", [])) >= 2][
+        :MAX_CURVE_PANELS
+    ]
+    if not runs:
+        return None
+    columns = min(3, len(runs))
+    rows = -(-len(runs) // columns)
+    figure = Figure(figsize=(4.5 * columns, 3.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    colours = dict(
+        zip((label for label, _ in CURVE_SPLITS), ("tab:green", "tab:blue", "tab:red"), strict=True)
+    )
+    for axis, (name, curves) in zip(axes, runs, strict=False):
+        for label, _ in CURVE_SPLITS:
+            for kind, style in (("clean", "--"), ("attacked", "-")):
+                points = curves.get(f"{label} {kind}")
+                if points:
+                    passes, psnr = [p[0] for p in points], [p[1] for p in points]
+                    axis.plot(passes, psnr, style, marker=".", color=colours[label], label=f"{label} {kind}")
+        axis.set(xlabel="codec passes", ylabel="PSNR [dB]", title=Path(name).name)
+        axis.title.set_fontsize(8)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    for axis in axes[len(runs) :]:
+        axis.set_visible(False)
     return figure
