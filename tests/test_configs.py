@@ -27,7 +27,7 @@ def test_classical_model_options_build_their_coder(tmp_path, model):
 @pytest.mark.parametrize("model", [m for m in options("model") if m not in ("custom", *CLASSICAL)])
 def test_model_options_build_their_codec(tmp_path, model):
     widths = ["model.N=16"] + ([] if "cheng2020" in model else ["model.M=24"])
-    cfg = compose_config(tmp_path, f"model={model}", *widths)
+    cfg = compose_config(tmp_path, f"model={model}", *widths, "model.pretrained=false")  # other widths
     codec = codec_from_config(cfg)
     expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
     if expected:
