@@ -29,6 +29,7 @@ class LogReconstructions(L.Callback):
     def __init__(self, num_images: int = 4):
         self.num_images = num_images
         self.pairs: list[torch.Tensor] = []
+        self.layout = "source | reconstruction"  # what each logged image shows, left to right
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.pairs = []
@@ -36,7 +37,9 @@ class LogReconstructions(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx:  # val's images only
             return
-        keys = ["x", "x_hat"] + (["x_adv", "x_hat_adv"] if "x_adv" in outputs else [])
+        attacked = "x_adv" in outputs
+        keys = ["x", "x_hat"] + (["x_adv", "x_hat_adv"] if attacked else [])
+        self.layout = "source | reconstruction" + (" | adversarial | its reconstruction" if attacked else "")
         for images in zip(*(outputs[k] for k in keys), strict=True):
             if len(self.pairs) < self.num_images:
                 self.pairs.append(torch.cat(images, dim=-1).float().cpu())
@@ -50,7 +53,7 @@ class LogReconstructions(L.Callback):
                 logger.log_image(
                     "val/reconstructions",
                     images=list(self.pairs),
-                    caption=[f"image {i}" for i in range(len(self.pairs))],
+                    caption=[f"image {i}: {self.layout}" for i in range(len(self.pairs))],
                     step=step,
                 )
             elif isinstance(logger, TensorBoardLogger):
@@ -62,13 +65,24 @@ class LogReconstructions(L.Callback):
 class StepProgressBar(TQDMProgressBar):
     """Lightning's bar, counting optimizer steps out of `trainer.max_steps` rather than batches of the
     epoch: a resumed run shows where it resumed (e.g. 300/600), and epochs of repeated images do not
-    restart the count."""
+    restart the count. A run that stops at `module.max_passes` counts codec passes out of those."""
 
-    def on_train_start(self, trainer, *args) -> None:
-        super().on_train_start(trainer, *args)
-        if trainer.max_steps > 0:
-            self.train_progress_bar.reset(total=trainer.max_steps)
-            self.train_progress_bar.initial = self.train_progress_bar.n = trainer.global_step
+    @staticmethod
+    def progress(trainer, pl_module) -> tuple[float, float]:
+        """(done, total): codec passes under module.max_passes, else optimizer steps."""
+        max_passes = getattr(pl_module, "max_passes", None)
+        if max_passes:
+            return pl_module.passes_total, max_passes
+        return trainer.global_step, trainer.max_steps
+
+    def on_train_start(self, trainer, pl_module, *args) -> None:
+        super().on_train_start(trainer, pl_module, *args)
+        done, total = self.progress(trainer, pl_module)
+        if total > 0:
+            self.train_progress_bar.reset(total=total)
+            self.train_progress_bar.initial = self.train_progress_bar.n = done
+            if getattr(pl_module, "max_passes", None):
+                self.train_progress_bar.unit = "pass"
             self.train_progress_bar.refresh()
 
     def on_train_epoch_start(self, trainer, *args) -> None:
@@ -80,6 +94,7 @@ class StepProgressBar(TQDMProgressBar):
         if trainer.max_steps <= 0:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         bar = self.train_progress_bar
-        if self._should_update(trainer.global_step, trainer.max_steps):
-            bar.n = trainer.global_step
+        done, total = self.progress(trainer, pl_module)
+        if self._should_update(trainer.global_step, trainer.max_steps) or done >= total:
+            bar.n = round(done, 1)
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -22,8 +22,10 @@ from rnic.classical import FORMATS, ClassicalCodec, to_uint8
 from rnic.coding import coder_on, forward_is_decoded
 from rnic.config import attack_spec, build, build_attacks, codec_from_config
 from rnic.console import budget_summary
+from rnic.dashboard import check_attack_loggers, log_attack_run
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
 from rnic.defenses import build_defenses, defended
+from rnic.image_sets import image_names
 from rnic.io import atomic_write, write_json
 from rnic.jobs import write_run_record
 from rnic.pairs import add_classical_reference, add_undefended, code_pair, coding_times, ensemble_fields
@@ -34,14 +36,30 @@ from rnic.smoothing import SmoothedCodec, certify_images
 log = logging.getLogger(__name__)
 
 
-def image_names(paths: list[Path]) -> list[str]:
-    """Unique names: file stems, or where stems repeat (Vimeo's im1.png), the path below the
-    images' common folder without suffix, '/' -> '_'."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return [str(p.relative_to(root).with_suffix("")).replace(os.sep, "_") for p in paths]
+def expected_passes(attack) -> int:
+    """About how many codec forward passes an attack makes per batch: its steps or queries, summed over an
+    ensemble's members (for the progress bar's ETA, not a promise)."""
+    members = getattr(attack, "members", None)
+    if members:
+        return sum(expected_passes(member) for member in members.values())
+    return int(getattr(attack, "queries", None) or getattr(attack, "steps", None) or 1)
+
+
+@contextmanager
+def counting_passes(codec: torch.nn.Module, total: int, what: str, disable: bool = False):
+    """A progress bar of the codec's forward passes (the attack's steps and queries) within one batch,
+    with its rate and ETA; the run's bar (images, in Mpx) gives the overall ETA."""
+    bar = tqdm(total=total, desc=what, unit="pass", leave=False, disable=disable)
+
+    def tick(*_) -> None:  # a forward hook that returns something would replace the codec's output
+        bar.update()
+
+    hook = codec.register_forward_hook(tick)
+    try:
+        yield bar
+    finally:
+        hook.remove()
+        bar.close()
 
 
 def check_gradient_free(codec: torch.nn.Module, attacks: list) -> None:
@@ -276,8 +294,11 @@ class Evaluation:
             disable=not todo,
         )
         defense = self.defended.names if self.defended is not None else None
-        for indices in self.batches(todo):
-            batch, images = self.measure_batch(attack, indices)
+        batches = self.batches(todo)
+        for number, indices in enumerate(batches, 1):
+            what = f"batch {number}/{len(batches)} ({len(indices)} image(s)): codec passes"
+            with counting_passes(self.codec, expected_passes(attack), what, disable=not todo):
+                batch, images = self.measure_batch(attack, indices)
             self.write_pngs(folder, batch, *images)
             records.extend(batch)
             records.sort(key=lambda r: self.names.index(r["image"]) if r["image"] in self.names else -1)
@@ -365,6 +386,9 @@ class Evaluation:
 def evaluate_robustness(cfg: DictConfig) -> list[dict]:
     """attack.py's job: attack a split and measure it on real bitstreams; the mean figures per budget."""
     torch.manual_seed(cfg.seed)
+    check_attack_loggers(cfg)
     evaluation = Evaluation(cfg)  # every check passes before anything is written
     write_run_record(cfg, Path(cfg.paths.output_dir))
-    return evaluation.run()
+    curve = evaluation.run()
+    log_attack_run(cfg, list(zip(evaluation.budgets, evaluation.folders, strict=True)))
+    return curve

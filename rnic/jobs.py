@@ -14,8 +14,9 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from rnic.dashboard import name_wandb_run
 from rnic.io import atomic_write, write_text
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,6 @@ def switch_arguments(keys: tuple[str, ...]) -> None:
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def group_wandb_by_sweep(cfg: DictConfig) -> None:
-    """In a sweep, every job's W&B run joins one group named after the sweep's folder."""
-    wandb = (cfg.get("logger") or {}).get("wandb")
-    if wandb is not None and wandb.get("group") is None and in_sweep():
-        with open_dict(cfg):
-            wandb.group = Path(HydraConfig.get().sweep.dir).name
 
 
 class RunLogHandler(logging.FileHandler):
@@ -134,7 +127,7 @@ def run_job(task: str | Callable[[DictConfig], object], cfg: DictConfig):
     is printed as one line and exits with status 1. Nothing is written into the run folder before
     the job's checks pass (`write_run_record`), and a folder that stays empty is removed.
     """
-    group_wandb_by_sweep(cfg)
+    name_wandb_run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     quiet_third_party()
     try:

@@ -13,6 +13,7 @@ from rnic import rd
 from rnic.card import write_card
 from rnic.classical import REFERENCES
 from rnic.config import file_sha256
+from rnic.image_sets import image_set
 from rnic.io import write_csv, write_json
 from rnic.smoothing import certificate_columns, certified_means
 
@@ -171,8 +172,16 @@ def write_budget(
     names behind which it ran (None: none)."""
     mean = mean_of(records)
     status = budget_status(records, names)
-    results = {"key": key, "attack": repr(attack), **status, "images": records, "mean": mean,
-               "spread": spread_of(records)}  # fmt: skip
+    images = image_set(key.get("data"), key.get("split", "val"), names)
+    results = {
+        "key": key,
+        "attack": repr(attack),
+        **status,
+        "image_set": images,
+        "images": records,
+        "mean": mean,
+        "spread": spread_of(records),
+    }
     if defense is not None:
         results.update(defense=defense, adaptive=adaptive)
     members = member_table(records)
@@ -180,7 +189,12 @@ def write_budget(
         results["members"] = members
     certificate = {"certified": certified_means(records)} if certified else {}
     write_json(folder / "results.json", {**results, **certificate})
-    data = {**card["data"], "images": len(records), "images_planned": status["images_planned"]}
+    data = {
+        **card["data"],
+        "images": len(records),
+        "images_planned": status["images_planned"],
+        "image_set": images,
+    }
     write_card(folder, {**card, "attack": repr(attack), "complete": status["complete"],
                "data": data, "means": mean, **certificate})  # fmt: skip
     flat = [{**r, **certificate_columns(r)} for r in records]

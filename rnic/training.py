@@ -11,11 +11,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic import rd
 from rnic.attacks import NoAttack
@@ -23,11 +24,13 @@ from rnic.callbacks import AtomicCheckpointIO
 from rnic.card import build_card, write_card
 from rnic.classical import REFERENCES, ClassicalCodec, matched_reference, reference_line
 from rnic.coding import compress_decompress, device_of
-from rnic.config import build, build_attacks, codec_from_config
+from rnic.config import build, build_attacks, codec_from_config, config_group
+from rnic.image_sets import image_names, image_set
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
 from rnic.methods import TrainingMethod, check_method_settings, train_only
-from rnic.run_folder import check_run_folder, resume_config
+from rnic.robust_eval import robust_evaluation
+from rnic.run_folder import check_run_folder, command_line_keys, resume_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,47 @@ def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod
     settings = OmegaConf.to_container(cfg.adv, resolve=True)
     settings.pop("train", None)  # applied above, to the codec
     return build(OmegaConf.create(settings))(attacks[0])
+
+
+def main_job_defaults() -> bool:
+    """Whether the attack is train.yaml's own (the main job's finetuning): neither the command line nor an
+    experiment chose one."""
+    if not HydraConfig.initialized():
+        return False
+    choices = HydraConfig.get().runtime.choices
+    chosen = any(key == "attack" or key.startswith("attack.") for key in command_line_keys())
+    return not chosen and choices.get("experiment") in (None, "null")
+
+
+def check_starting_weights(cfg: DictConfig) -> DictConfig:
+    """Adversarial training of a codec without weights (neither model.weights nor model.pretrained=true) is
+    refused unless model.allow_random_init=true; with the main job's attack, not chosen by the user, such a
+    codec trains from scratch, clean (`python train.py model.pretrained=false`), without robust_eval."""
+    model = cfg.model
+    if (
+        model.get("weights")
+        or model.get("pretrained")
+        or cfg.get("ckpt_path")
+        or model.get("allow_random_init")
+    ):
+        return cfg
+    if cfg.attack.get("_target_") == "rnic.attacks.NoAttack" or cfg.adv.get("method") == "none":
+        return cfg
+    if main_job_defaults():
+        log.info("model.pretrained=false: training from scratch, clean (attack=none, robust_eval=null)")
+        none = OmegaConf.merge(config_group("shared")["attack_common"], config_group("attack")["none"])
+        none.pop("defaults", None)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.attack, cfg.robust_eval = none, None
+        return cfg
+    arch = model.codec.get("arch") or model.codec.get("_target_")
+    raise ValueError(
+        f"model={arch} has neither model.weights nor model.pretrained=true: adversarial finetuning "
+        f"(attack={HydraConfig.get().runtime.choices.get('attack') if HydraConfig.initialized() else 'set'}) "
+        "of a codec without weights; attack=none trains it from scratch, model.allow_random_init=true "
+        "trains it adversarially anyway"
+    )
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -160,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_paths(cfg)
     if cfg.get("ckpt_path"):
         cfg = resume_config(cfg)
+    cfg = check_starting_weights(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_run_folder(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -197,51 +242,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:  # the card repeats final_metrics.json's figures, so that a check can compare
         final = json.loads((output_dir / "final_metrics.json").read_text())
         means = {k: v for k, v in final.items() if k != "start"}
-        images = len(datamodule.prepare(("val",))["val"])
+        files = datamodule.prepare(("val",))["val"]
         attack = repr(module.adversarial.attack) if module.adversarial is not None else None
-        write_card(
-            output_dir, build_card(cfg, "train", means=means, images=images, split="val", attack=attack)
-        )
+        card = build_card(cfg, "train", means=means, images=len(files), split="val", attack=attack)
+        card["data"]["image_set"] = image_set(card["data"]["config"], "val", image_names(files))
+        write_card(output_dir, card)
     if cfg.get("robust_eval") and cfg.robust_eval.get("attacks"):
         results["robust_eval"] = robust_evaluation(cfg, output_dir / "checkpoints" / "final.ckpt")
         if trainer.is_global_zero:
             saved = json.loads((output_dir / "final_metrics.json").read_text())
             write_json(output_dir / "final_metrics.json", {**saved, "robust_eval": results["robust_eval"]})
     return results
-
-
-@rank_zero_only
-def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
-    """attack.py's evaluation of the final weights under each attack of `robust_eval.attacks` on each split
-    of `robust_eval.splits` (real bitstreams, into `robust_eval/<name>/` for val, `<name>_<split>/` for the
-    others, e.g. linf_test): the mean figures per attack and split."""
-    from rnic.evaluation import evaluate_robustness
-
-    settings = cfg.robust_eval
-    splits = settings.get("splits") or [settings.get("split", "val")]  # runs that predate `splits`
-    figures = {}
-    for split in splits:
-        for name, attack in settings.attacks.items():
-            folder = name if split == "val" else f"{name}_{split}"
-            model = OmegaConf.to_container(cfg.model, resolve=True)
-            model.update(weights=str(weights), pretrained=False)
-            job = OmegaConf.create(
-                {
-                    "task_name": "attack",
-                    "model": model,
-                    "data": OmegaConf.to_container(cfg.data, resolve=True),
-                    "attack": OmegaConf.to_container(attack, resolve=True),
-                    "paths": {"output_dir": str(Path(cfg.paths.output_dir) / "robust_eval" / folder)},
-                    "split": split,
-                    "max_images": settings.max_images,
-                    "batch_size": settings.batch_size,
-                    "device": settings.device,
-                    "coding_device": cfg.module.coding_device,
-                    "seed": cfg.seed,
-                }
-            )
-            (figures[folder],) = evaluate_robustness(job)
-    return figures
 
 
 def merged(per_dataloader: list[dict]) -> dict:

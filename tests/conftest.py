@@ -19,8 +19,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 
 # A few seconds of training on the sample photos, with every stage (validation with
-# real entropy coding, both checkpoints) exercised.
+# real entropy coding, both checkpoints) exercised: a small codec from scratch, clean unless a test
+# chooses an attack, without the main job's robust evaluation.
 TINY = [
+    "model.pretrained=false",
+    "model.allow_random_init=true",
+    "attack=none",
+    "robust_eval=null",
     "data.patch_size=128",
     "data.batch_size=2",
     "data.max_val_images=1",

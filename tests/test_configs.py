@@ -36,7 +36,9 @@ FAMILY_CLASSES = {
 
 @pytest.mark.parametrize("model", [m for m in options("model") if m not in ("custom", *CLASSICAL)])
 def test_model_options_build_their_codec(tmp_path, model):
-    cfg = compose_config(tmp_path, f"model={model}", *tiny_widths([f"model={model}"]))
+    cfg = compose_config(
+        tmp_path, f"model={model}", *tiny_widths([f"model={model}"]), "model.pretrained=false"
+    )
     codec = codec_from_config(cfg)
     expected = {"cheng2020": "Cheng2020Anchor", "cheng2020_attn": "Cheng2020Attention"}.get(model)
     expected, lmbda = FAMILY_CLASSES.get(model, (expected, 0.0067))  # the zoo's quality 3 by default

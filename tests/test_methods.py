@@ -281,7 +281,8 @@ def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp
     torch.manual_seed(0)
     torch.save(build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict(), base)
     sweep = tmp_path / "sweep"
-    tiny = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check", "callbacks.last"))]
+    skip = ("trainer.max_steps", "trainer.val_check", "callbacks.last", "attack=", "robust_eval")
+    tiny = [o for o in TINY if not o.startswith(skip)]
     result = subprocess.run(
         [sys.executable, "train.py", "-m", "experiment=robust_methods", *tiny, *tiny_widths([]),
          f"model.weights={base}", "adv.method=none,free", "model.quality=3", "adv.validate=false",

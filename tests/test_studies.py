@@ -148,13 +148,13 @@ def test_the_slurm_launcher_runs_one_task_per_gpu(tmp_path):
 def test_wandb_runs_of_a_sweep_share_one_group(tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
-    from rnic.jobs import group_wandb_by_sweep
+    from rnic.dashboard import name_wandb_run
 
     sweep = f"hydra.sweep.dir={tmp_path}/my_sweep"
     cfg = compose_config(tmp_path, "logger=wandb", "hydra.mode=MULTIRUN", sweep, keep_hydra=True)
     assert HydraConfig.get().mode.name == "MULTIRUN"
-    group_wandb_by_sweep(cfg)
-    assert cfg.logger.wandb.group == "my_sweep"
+    name_wandb_run(cfg)
+    assert cfg.logger.wandb.group == "train/my_sweep"
 
 
 def test_a_transfer_matrix_holds_the_white_box_runs_on_its_diagonal(tmp_path, trained_checkpoint):

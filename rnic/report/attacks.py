@@ -8,13 +8,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from rnic.card import read_json
 from rnic.classical import LABELS, REFERENCES
+from rnic.image_sets import image_set, set_label
 from rnic.report.runs import defense_of, describe, label, read_card, run_config
 
 ATTACK_COLUMNS = (
-    "run", "codec", "quality", "metric", "weights", "attack", "eps", "defense", "adaptive", "images",
+    "image_set", "run", "seed", "codec", "quality", "metric", "weights", "attack", "eps", "defense",
+    "adaptive", "images",
     "psnr_in", "linf",
     "psnr_clean", "psnr_adv", "bpp_clean", "bpp_adv", "bpp_ratio", "msssim_clean", "msssim_adv", "vi",
     "psnr_jpeg", "bpp_jpeg", "psnr_webp", "bpp_webp",
@@ -48,35 +51,70 @@ def attack_rows(root: Path, skipped: list[str]) -> list[dict]:
         }
         card = read_card(folder)  # what the run says it evaluated; results.json for older runs
         means = card["means"] if card else data["mean"]
-        row = {"run": str(folder), **describe(config), "eps": eps, **defense, **means}
+        images = data.get("image_set") or image_set(  # runs written before image sets were recorded
+            config.get("data"), config.get("split", "val"), [r["image"] for r in data.get("images") or []]
+        )
+        row = {"run": str(folder), "image_set": set_label(images), "seed": config.get("seed"),
+               **describe(config), "eps": eps, **defense, **means}  # fmt: skip
         attacks.append({**row, "certified": data["certified"]} if data.get("certified") else row)
     return attacks
 
 
+def by_image_set(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows per image set (never pooled in one axes), in the order of first appearance."""
+    sets: dict[str, list[dict]] = {}
+    for row in rows:
+        sets.setdefault(row.get("image_set") or "images unrecorded", []).append(row)
+    return sets
+
+
 def robustness_figure(attacks: list[dict]) -> Figure:
-    """Reconstruction PSNR and VI against input PSNR, one line per codec and operating point."""
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    left, right = figure.subplots(1, 2)
-    lines = defaultdict(list)
-    for row in attacks:
-        if row.get("psnr_in") is not None:
-            lines[label(row, "codec", "quality", "metric", "weights", "defense", "attack")].append(row)
-    for name, rows in sorted(lines.items()):
-        rows.sort(key=lambda r: r["psnr_in"])
-        left.plot([r["psnr_in"] for r in rows], [r["psnr_adv"] for r in rows], "o-", label=name)
-        right.plot([r["psnr_in"] for r in rows], [r["vi"] for r in rows], "o-", label=name)
-    left.set(xlabel="input PSNR [dB]", ylabel="attacked reconstruction PSNR [dB]", title="robustness curves")
-    right.set(xlabel="input PSNR [dB]", ylabel="VI [dB]", title="vulnerability index")
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-    legend_below(figure)
+    """Reconstruction PSNR and VI against input PSNR, one line per codec and operating point; one row of
+    panels per image set."""
+    sets = by_image_set([row for row in attacks if row.get("psnr_in") is not None])
+    figure = Figure(figsize=(11, 0.4 + 3.8 * max(1, len(sets))), layout="constrained")
+    grid = figure.subplots(max(1, len(sets)), 2, squeeze=False)
+    colors = line_colors(label(r, *CURVE_KEYS) for rows in sets.values() for r in rows)
+    for (images, rows), (left, right) in zip(sets.items(), grid, strict=False):
+        lines = defaultdict(list)
+        for row in rows:
+            lines[label(row, *CURVE_KEYS)].append(row)
+        for name, line in sorted(lines.items()):
+            line.sort(key=lambda r: r["psnr_in"])
+            x = [r["psnr_in"] for r in line]
+            left.plot(x, [r["psnr_adv"] for r in line], "o-", color=colors[name], label=name)
+            right.plot(x, [r["vi"] for r in line], "o-", color=colors[name])
+        left.set(xlabel="input PSNR [dB]", ylabel="attacked reconstruction PSNR [dB]",
+                 title=f"robustness curves, {images}")  # fmt: skip
+        right.set(xlabel="input PSNR [dB]", ylabel="VI [dB]", title=f"vulnerability index, {images}")
+        for axis in (left, right):
+            axis.grid(alpha=0.3)
+    legend_below(figure, unique_handles(figure))
     return figure
 
 
-def legend_below(figure: Figure) -> None:
-    """The legend of the figure's first axes under the axes, the figure grown by its rows (many lines, e.g.
-    one per defence, would otherwise squeeze the axes away)."""
-    handles, labels = figure.axes[0].get_legend_handles_labels()
+CURVE_KEYS = ("codec", "quality", "metric", "weights", "defense", "attack")
+
+
+def line_colors(names) -> dict[str, str]:
+    """One colour per line name, the same in every panel."""
+    ordered = sorted(set(names))
+    return {name: f"C{i % 10}" for i, name in enumerate(ordered)}
+
+
+def unique_handles(figure: Figure) -> tuple[list, list[str]]:
+    """Each label once over all the figure's axes (a line drawn in several panels is one legend entry)."""
+    seen: dict[str, object] = {}
+    for axis in figure.axes:
+        for handle, text in zip(*axis.get_legend_handles_labels(), strict=True):
+            seen.setdefault(text, handle)
+    return list(seen.values()), list(seen)
+
+
+def legend_below(figure: Figure, entries: tuple[list, list[str]] | None = None) -> None:
+    """The legend (`entries`, else the first axes') under the axes, the figure grown by its rows (many
+    lines, e.g. one per defence, would otherwise squeeze the axes away)."""
+    handles, labels = entries if entries is not None else figure.axes[0].get_legend_handles_labels()
     if not handles:
         return
     width, height = figure.get_size_inches()
@@ -88,31 +126,53 @@ def legend_below(figure: Figure) -> None:
     figure.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=columns)
 
 
+# How the rate-distortion figure draws each kind of curve; colours tell the codecs and methods apart.
+RD_STYLES = {
+    "clean": {"marker": "s", "linestyle": "--"},
+    "attacked": {"marker": "o", "linestyle": "-"},
+    "jpeg": {"marker": ".", "linestyle": ":"},
+    "webp": {"marker": ".", "linestyle": "-."},
+}
+RD_KEYS = ("codec", "metric", "weights", "defense", "attack", "eps")
+
+
 def rate_distortion_figure(attacks: list[dict]) -> Figure:
     """Real bpp against PSNR across qualities, clean and attacked, per codec, defence, attack and budget;
-    JPEG and WebP at the undefended lines' rates. A defence's non-adaptive runs are left out: their
+    JPEG and WebP at the undefended lines' rates; one panel per image set. The legend names each line once
+    by colour and each kind of curve once by style. A defence's non-adaptive runs are left out: their
     attacked figures are not those of the defended pipeline (the defences section shows them)."""
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
-    axis = figure.subplots()
-    lines = defaultdict(list)
-    for row in attacks:
-        if defense_of(row) is None or row.get("adaptive", True):
-            lines[label(row, "codec", "metric", "weights", "defense", "attack", "eps")].append(row)
-    for name, rows in sorted(lines.items()):
-        rows.sort(key=lambda r: r["bpp_clean"])
-        (clean,) = axis.plot(
-            [r["bpp_clean"] for r in rows], [r["psnr_clean"] for r in rows], "s--", label=f"{name} clean"
-        )
-        axis.plot([r["bpp_adv"] for r in rows], [r["psnr_adv"] for r in rows], "o-", color=clean.get_color(),
-                  label=f"{name} attacked")  # fmt: skip
-        for reference, style in zip(REFERENCES, (":", "-."), strict=True):  # at the learned clean rates
-            if defense_of(rows[0]) is None and all(r.get(f"psnr_{reference}") is not None for r in rows):
-                axis.plot([r[f"bpp_{reference}"] for r in rows], [r[f"psnr_{reference}"] for r in rows],
-                          style, marker=".", color=clean.get_color(), alpha=0.7,
-                          label=f"{LABELS[reference]} at {name}'s rates")  # fmt: skip
-    axis.set(xlabel="bpp (real bitstreams)", ylabel="PSNR [dB]", title="rate-distortion, clean vs attacked")
-    axis.grid(alpha=0.3)
-    legend_below(figure)
+    rows = [r for r in attacks if defense_of(r) is None or r.get("adaptive", True)]
+    sets = by_image_set(rows)
+    figure = Figure(figsize=(0.5 + 6 * max(1, len(sets)), 4.5), layout="constrained")
+    axes = figure.subplots(1, max(1, len(sets)), squeeze=False)[0]
+    colors = line_colors(label(r, *RD_KEYS) for r in rows)
+    for (images, group), axis in zip(sets.items(), axes, strict=False):
+        lines = defaultdict(list)
+        for row in group:
+            lines[label(row, *RD_KEYS)].append(row)
+        for name, line in sorted(lines.items()):
+            line.sort(key=lambda r: r["bpp_clean"])
+            color = colors[name]
+            axis.plot([r["bpp_clean"] for r in line], [r["psnr_clean"] for r in line], **RD_STYLES["clean"],
+                      color=color, label=name)  # fmt: skip
+            axis.plot([r["bpp_adv"] for r in line], [r["psnr_adv"] for r in line], **RD_STYLES["attacked"],
+                      color=color)  # fmt: skip
+            for reference in REFERENCES:  # at the learned clean rates
+                if defense_of(line[0]) is None and all(r.get(f"psnr_{reference}") is not None for r in line):
+                    axis.plot([r[f"bpp_{reference}"] for r in line], [r[f"psnr_{reference}"] for r in line],
+                              **RD_STYLES[reference], color=color, alpha=0.7)  # fmt: skip
+        axis.set(xlabel="bpp (real bitstreams)", ylabel="PSNR [dB]", title=f"clean vs attacked, {images}")
+        axis.grid(alpha=0.3)
+    handles, labels = unique_handles(figure)
+    kinds = {
+        "clean": "clean",
+        "attacked": "attacked",
+        **{r: f"{LABELS[r]} at the clean rate" for r in REFERENCES},
+    }
+    for kind, text in kinds.items():
+        handles.append(Line2D([], [], color="black", **RD_STYLES[kind]))
+        labels.append(text)
+    legend_below(figure, (handles, labels))
     return figure
 
 

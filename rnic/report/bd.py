@@ -24,7 +24,7 @@ from rnic.report.runs import defense_of
 
 INTERPOLATIONS = ("pchip", "akima", "cubic")  # the package's `method`s
 # report.py's BD table: each curve against its anchor.
-BD_COLUMNS = ("curve", "anchor", "test", "points", "bd_rate", "bd_psnr")
+BD_COLUMNS = ("image_set", "curve", "anchor", "test", "points", "bd_rate", "bd_psnr")
 
 
 def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> tuple[list[float], list[float]]:
@@ -94,25 +94,33 @@ def bd_rows(attacks: list[dict]) -> list[dict]:
     curves = defaultdict(list)
     for row in attacks:  # a defence's runs make their own curves
         attack = " ".join(filter(None, (defense_of(row), row.get("attack"))))
-        curves[(row.get("codec"), row.get("metric"), attack, row.get("eps"), row.get("weights"))].append(row)
+        key = (
+            row.get("image_set"),
+            row.get("codec"),
+            row.get("metric"),
+            attack,
+            row.get("eps"),
+            row.get("weights"),
+        )
+        curves[key].append(row)  # one image set per curve: never pooled
     rows = []
-    for (codec, metric, attack, eps, weights), points in sorted(curves.items(), key=str):
+    for (images, codec, metric, attack, eps, weights), points in sorted(curves.items(), key=str):
         clean = ([p["bpp_clean"] for p in points], [p["psnr_clean"] for p in points])
         attacked = ([p["bpp_adv"] for p in points], [p["psnr_adv"] for p in points])
         name = f"{codec} {metric} {weights or 'initial'} {attack} eps={eps}"
         rate, psnr = bd_or_none(clean, attacked)
-        rows.append({"curve": name, "anchor": "clean", "test": "attacked", "points": len(points),
-                     "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
+        rows.append({"image_set": images, "curve": name, "anchor": "clean", "test": "attacked",
+                     "points": len(points), "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
         for reference in REFERENCES:  # the learned clean curve against the classical coders at its rates
             if all(p.get(f"psnr_{reference}") is not None for p in points):
                 anchor = ([p[f"bpp_{reference}"] for p in points], [p[f"psnr_{reference}"] for p in points])
                 rate, psnr = bd_or_none(anchor, clean)
-                rows.append({"curve": name, "anchor": LABELS[reference], "test": "clean",
+                rows.append({"image_set": images, "curve": name, "anchor": LABELS[reference], "test": "clean",
                              "points": len(points), "bd_rate": rate, "bd_psnr": psnr})  # fmt: skip
     families = defaultdict(dict)
-    for (codec, metric, attack, eps, weights), points in curves.items():
-        families[(codec, metric, attack, eps)][weights] = points
-    for (codec, metric, attack, eps), by_weights in sorted(families.items(), key=str):
+    for (images, codec, metric, attack, eps, weights), points in curves.items():
+        families[(images, codec, metric, attack, eps)][weights] = points
+    for (images, codec, metric, attack, eps), by_weights in sorted(families.items(), key=str):
         if len(by_weights) < 2:
             continue
         names = list(by_weights)
@@ -135,7 +143,7 @@ def bd_rows(attacks: list[dict]) -> list[dict]:
                 rate, psnr = bd_or_none(anchor, test)
                 curve, count = f"{codec} {metric} {attack} eps={eps} ({kind})", len(by_weights[weights])
                 rows.append(
-                    {"curve": curve, "anchor": original, "test": weights, "points": count, "bd_rate": rate,
-                     "bd_psnr": psnr}
+                    {"image_set": images, "curve": curve, "anchor": original, "test": weights,
+                     "points": count, "bd_rate": rate, "bd_psnr": psnr}
                 )  # fmt: skip
     return rows

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from rnic import rd
 from rnic.card import read_json
 from rnic.report.bd import bd_psnr, bd_rate
+from rnic.report.paper import readable_ticks
 
 CONTROL = "none"
 # (bpp, PSNR) keys of a run's robust_eval figures: the clean curve and the attacked one.
@@ -158,6 +159,7 @@ def gain_figure(rows: list[dict], runs: list[dict]) -> Figure:
         for x, y, name in points:
             axis.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.axhline(0, color="gray", lw=0.8)
+    readable_ticks(axis.xaxis, [r["passes"] for r in rows if r.get("passes") is not None], integer=True)
     axis.set(xlabel="codec passes per run (forward + backward, in batches)",
              ylabel="VI reduction vs clean control [dB]", title="Robust gain vs compute")  # fmt: skip
     axis.grid(alpha=0.3)

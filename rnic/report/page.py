@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from rnic import rd
-from rnic.io import atomic_write, png_bytes, write_csv
+from rnic.io import atomic_write, write_csv
 from rnic.jobs import ERROR_FILE
 from rnic.report.attacks import (
     ATTACK_COLUMNS,
@@ -22,6 +22,8 @@ from rnic.report.attacks import (
 from rnic.report.bd import BD_COLUMNS, bd_rows
 from rnic.report.defenses import DEFENSE_TABLE_COLUMNS, cost_gain_figure, defense_rows
 from rnic.report.methods import collect_runs, gain_figure, method_table
+from rnic.report.paper import plus_minus, seed_aggregate, seed_groups, write_figure, write_tex
+from rnic.report.runs import run_config
 from rnic.report.training import (
     TRAIN_COLUMNS,
     curves_figure,
@@ -61,7 +63,8 @@ HEADERS = {
     "psnr_cost": "clean PSNR cost [dB]", "bpp_cost": "rate cost [bpp]",
     "psnr_adv_undefended": "attacked PSNR, no defence [dB]",
     "psnr_adv_nonadaptive": "attacked PSNR, non-adaptive [dB]",
-    "psnr_adv_adaptive": "attacked PSNR, adaptive [dB]", "vi_nonadaptive": "VI, non-adaptive [dB]",
+    "psnr_adv_adaptive": "attacked PSNR, adaptive [dB]", "image_set": "images (set #hash, n)", "n": "runs",
+    "vi_nonadaptive": "VI, non-adaptive [dB]",
     "vi_adaptive": "VI, adaptive [dB]", "gain_nonadaptive": "gain, non-adaptive [dB]",
     "gain_adaptive": "gain, adaptive [dB]", "bd_rate": "BD-rate [%]", "bd_psnr": "BD-PSNR [dB]",
 }  # fmt: skip
@@ -76,8 +79,8 @@ FIGURE_TITLES = {
     "psnr_curves.png": "PSNR against codec passes on train crops, val and test: clean and attacked",
     "transfer_matrix.png": "Transfer matrix: attacked on (rows), coded by (columns)",
 }
-SUMMARY_COLUMNS = ("codec", "quality", "weights", "defense", "psnr_clean", "bpp_clean", "worst_psnr_adv",
-                   "worst_attack", "max_vi")  # fmt: skip
+SUMMARY_COLUMNS = ("image_set", "codec", "quality", "weights", "defense", "psnr_clean", "bpp_clean",
+                   "worst_psnr_adv", "worst_attack", "max_vi")  # fmt: skip
 
 
 def cell(value) -> str:
@@ -100,17 +103,17 @@ def shown(value) -> str:
 
 
 def summary_rows(attacks: list[dict]) -> list[dict]:
-    """Per codec (codec, quality, weights, defense): its clean figures, and the worst attacked PSNR
-    over its attack runs with the attack that reached it, and its highest VI."""
+    """Per image set and codec (codec, quality, weights, defense): its clean figures, and the worst attacked
+    PSNR over its attack runs with the attack that reached it, and its highest VI."""
     groups: dict[tuple, list[dict]] = {}
     for row in attacks:
-        groups.setdefault(tuple(row.get(k) for k in SUMMARY_COLUMNS[:4]), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in SUMMARY_COLUMNS[:5]), []).append(row)
     rows = []
     for key, group in groups.items():
         attacked = [r for r in group if r.get("psnr_adv") is not None and r.get("attack") != "NoAttack"]
         worst = min(attacked, key=lambda r: r["psnr_adv"]) if attacked else None
         rows.append({
-            **dict(zip(SUMMARY_COLUMNS[:4], key, strict=True)),
+            **dict(zip(SUMMARY_COLUMNS[:5], key, strict=True)),
             "psnr_clean": rd.mean_or_none(r.get("psnr_clean") for r in group),
             "bpp_clean": rd.mean_or_none(r.get("bpp_clean") for r in group),
             "worst_psnr_adv": worst and worst["psnr_adv"],
@@ -118,6 +121,39 @@ def summary_rows(attacks: list[dict]) -> list[dict]:
             "max_vi": max((r["vi"] for r in group if r.get("vi") is not None), default=None),
         })  # fmt: skip
     return rows
+
+
+# Runs repeated over seeds: what tells the groups apart, and the figures aggregated (mean, std, n).
+SEED_KEYS = ("kind", "image_set", "codec", "quality", "metric", "weights", "attack", "eps", "defense")
+SEED_FIGURES = (
+    "psnr_clean", "bpp_clean", "psnr_adv", "bpp_adv", "vi",
+    "start_clean_psnr", "final_clean_psnr", "start_attacked_psnr", "final_attacked_psnr", "final_attacked_vi",
+)  # fmt: skip
+SEED_COLUMNS = (*SEED_KEYS, "n", "seeds", *(f"{f}_{s}" for f in SEED_FIGURES for s in ("mean", "std")))
+SEED_DISPLAY = (*SEED_KEYS, "n", "seeds", *SEED_FIGURES)
+
+
+def run_settings(row: dict) -> dict:
+    """What decides a report row's figures: its run's config, budget and image set."""
+    return {"config": run_config(Path(row["run"])), "eps": row.get("eps"), "images": row.get("image_set")}
+
+
+def seed_rows(attacks: list[dict], trainings: list[dict]) -> list[dict]:
+    """Mean, standard deviation and n of each figure over runs whose configs differ only in `seed`: attack
+    runs (and budgets) and training runs; only groups of two runs or more."""
+    rows = []
+    for kind, runs in (("attack", attacks), ("training", trainings)):
+        groups = [g for g in seed_groups(runs, run_settings) if len(g) > 1]
+        rows += [{**row, "kind": kind} for row in seed_aggregate(groups, SEED_KEYS, SEED_FIGURES)]
+    return rows
+
+
+def seed_display(rows: list[dict]) -> list[dict]:
+    """The seed table as a reader reads it: `mean ± std` per figure."""
+    return [
+        {**row, **{f: plus_minus(row, f, shown) for f in SEED_FIGURES if row.get(f"{f}_mean") is not None}}
+        for row in rows
+    ]
 
 
 def markdown(rows: list[dict], columns: tuple[str, ...]) -> str:
@@ -153,35 +189,42 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
             f"no finished run (results.json or final_metrics.json) under {', '.join(map(str, paths))}"
         )
     out.mkdir(parents=True, exist_ok=True)
+
+    def table(stem: str, rows: list[dict], columns) -> None:  # CSV and LaTeX, side by side
+        write_csv(out / f"{stem}.csv", rows, tuple(columns))
+        write_tex(out / f"{stem}.tex", rows, columns, HEADERS, shown)
+
     figures = {}
     method_runs = collect_runs(paths)  # experiment=robust_methods: one row per training method
     methods, method_columns, method_notes = method_table(method_runs) if method_runs else ([], (), [])
     if methods:
-        write_csv(out / "robust_methods.csv", methods, method_columns)
-        figures["robust_gain_vs_compute.png"] = png_bytes(gain_figure(methods, method_runs), dpi=90)
+        table("robust_methods", methods, method_columns)
+        figures["robust_gain_vs_compute.png"] = gain_figure(methods, method_runs)
     defenses = defense_rows(attacks)
     if defenses:
-        write_csv(out / "defenses.csv", defenses, DEFENSE_TABLE_COLUMNS)
-        figures["defense_cost_gain.png"] = png_bytes(cost_gain_figure(defenses), dpi=90)
+        table("defenses", defenses, DEFENSE_TABLE_COLUMNS)
+        figures["defense_cost_gain.png"] = cost_gain_figure(defenses)
     if attacks:
-        write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
-        figures["robustness_curves.png"] = png_bytes(robustness_figure(attacks), dpi=90)
-        figures["rate_distortion.png"] = png_bytes(rate_distortion_figure(attacks), dpi=90)
+        table("attacks", attacks, ATTACK_COLUMNS)
+        figures["robustness_curves.png"] = robustness_figure(attacks)
+        figures["rate_distortion.png"] = rate_distortion_figure(attacks)
         if any(row.get("certified") for row in attacks):
-            figures["certified_curve.png"] = png_bytes(certified_figure(attacks), dpi=90)
+            figures["certified_curve.png"] = certified_figure(attacks)
         rate_attacks = [row for row in attacks if row.get("encode_s_adv") is not None]
         if rate_attacks:
-            figures["rate_attacks.png"] = png_bytes(rate_attack_figure(rate_attacks), dpi=90)
+            figures["rate_attacks.png"] = rate_attack_figure(rate_attacks)
     if trainings:
-        write_csv(out / "training.csv", trainings, TRAIN_COLUMNS)
-        figures["finetuning.png"] = png_bytes(finetuning_figure(trainings), dpi=90)
+        table("training", trainings, TRAIN_COLUMNS)
+        figures["finetuning.png"] = finetuning_figure(trainings)
         curves = curves_figure(trainings)
         if curves is not None:
-            figures["psnr_curves.png"] = png_bytes(curves, dpi=90)
+            figures["psnr_curves.png"] = curves
     if transfer:
-        figures["transfer_matrix.png"] = png_bytes(matrix_figure(transfer), dpi=90)
-    for name, data in figures.items():
-        atomic_write(out / name, lambda tmp, d=data: tmp.write_bytes(d))
+        figures["transfer_matrix.png"] = matrix_figure(transfer)
+    figures = {name: write_figure(out, name.removesuffix(".png"), figure) for name, figure in figures.items()}
+    seeds = seed_rows(attacks, trainings)
+    if seeds:
+        table("seeds", seeds, SEED_COLUMNS)
 
     sections = []
     if methods:
@@ -197,12 +240,15 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
         sections.append((title, defenses, DEFENSE_TABLE_COLUMNS))
     bd = [row for row in bd_rows(attacks) if row["points"] >= 2]
     if bd:
-        write_csv(out / "bd.csv", bd, BD_COLUMNS)
+        table("bd", bd, BD_COLUMNS)
         title = "Robust rate-distortion: BD-rate [%] and BD-PSNR [dB] across qualities (real bitstreams)"
         sections.append((title, bd, BD_COLUMNS))
     if transfer:
         title = "Transfer matrix (rows: attacked on; columns: coded by; the diagonal is white-box)"
         sections.append((title, transfer, TRANSFER_COLUMNS))
+    if seeds:
+        title = "Means ± standard deviation over runs that differ only in their seed (n runs)"
+        sections.append((title, seed_display(seeds), SEED_DISPLAY))
     if attacks:
         sections.append(("Attacks (means per run and budget, real bitstreams)", attacks, ATTACK_COLUMNS))
     if trainings:
@@ -225,9 +271,10 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
     )
     summary = summary_rows(attacks)
     if summary:
+        table("summary", summary, SUMMARY_COLUMNS)
         tables = (
-            "<h2>Summary (per codec: clean figures, the worst attacked PSNR over its attack runs and the "
-            f"attack that reached it, the highest VI)</h2>{html_table(summary, SUMMARY_COLUMNS)}"
+            "<h2>Summary (per image set and codec: clean figures, the worst attacked PSNR over its attack "
+            f"runs and the attack that reached it, the highest VI)</h2>{html_table(summary, SUMMARY_COLUMNS)}"
         )
     else:
         tables = ""

@@ -9,12 +9,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from rnic.card import read_json
+from rnic.image_sets import set_label
 from rnic.jobs import ERROR_FILE
-from rnic.report.runs import describe, run_config
+from rnic.report.runs import describe, read_card, run_config
 
 TRAIN_COLUMNS = (
-    "run", "codec", "quality", "metric", "attack", "step", "start_clean_psnr", "final_clean_psnr",
-    "start_attacked_psnr", "final_attacked_psnr", "final_clean_bpp_real", "final_attacked_vi",
+    "image_set", "run", "seed", "codec", "quality", "metric", "attack", "step", "start_clean_psnr",
+    "final_clean_psnr", "start_attacked_psnr", "final_attacked_psnr", "final_clean_bpp_real",
+    "final_attacked_vi",
 )  # fmt: skip
 
 
@@ -28,10 +30,13 @@ def training_rows(root: Path, skipped: list[str]) -> list[dict]:
             skipped.append(f"{final}: not a valid metrics file (truncated or edited?)")
             continue
         start = data.get("start", {})
+        config, card = run_config(final.parent), read_card(final.parent) or {}
         trainings.append(
             {
                 "run": str(final.parent),
-                **describe(run_config(final.parent)),
+                "image_set": set_label((card.get("data") or {}).get("image_set")),  # val images
+                "seed": config.get("seed"),
+                **describe(config),
                 "step": data.get("step"),
                 "start_clean_psnr": start.get("val/clean/psnr"),
                 "final_clean_psnr": data.get("val/clean/psnr"),
