@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
+from rnic.card import versions
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
@@ -101,6 +102,9 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "trained_against": trained_against(config.attack),
         "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
+        "data_licences": SampleImages.licences(),
+        # The libraries that coded the val photos to the bitstreams this card records.
+        "verified_with": versions(),
         "passes": final["passes"],
         "optimizer_steps": final["step"],
         "learning_rate": config.module.optimizer.lr,

@@ -40,6 +40,16 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def data_licences(resolved: dict) -> dict:
+    """`licences` of data=sample's photos (as their packages state them); other data sets are the user's."""
+    source = (resolved.get("data") or {}).get("source") or {}
+    if source.get("_target_") != "rnic.data.SampleImages":
+        return {}
+    from rnic.data import SampleImages  # Lightning: only for cards of data=sample runs
+
+    return {"licences": SampleImages.licences()}
+
+
 def weights_entry(cfg: DictConfig) -> dict:
     model = cfg.model
     entry = {"pretrained": bool(model.get("pretrained")), "file": None, "sha256": None}
@@ -69,7 +79,7 @@ def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str,
         "metric": resolved["model"].get("metric"),
         "codec_config": codec,
         "weights": weights_entry(cfg),
-        "data": {"config": resolved.get("data"), "split": split, "images": images},
+        "data": {"config": resolved.get("data"), "split": split, "images": images, **data_licences(resolved)},
         "threat": attack_cfg.get("threat"),
         "proxy": attack_cfg.get("proxy"),
         "attack": attack,

@@ -23,24 +23,28 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
-# Natural photos that ship inside installed packages: (package, path inside it).
+# Natural photos that ship inside installed packages: (package, path inside it, licence as that package
+# states it). The packages' own statements: scikit-image's docstrings in skimage.data, scikit-learn's
+# datasets/images/README.txt; matplotlib states none for its sample data.
+CC0 = "CC0 1.0 (scikit-image)"
+NONE_STATED = "no licence stated by the package"
 SAMPLE_IMAGES = {
-    "astronaut": ("skimage", "data/astronaut.png"),
-    "brick": ("skimage", "data/brick.png"),
-    "camera": ("skimage", "data/camera.png"),
-    "chelsea": ("skimage", "data/chelsea.png"),
-    "coffee": ("skimage", "data/coffee.png"),
-    "grass": ("skimage", "data/grass.png"),
-    "gravel": ("skimage", "data/gravel.png"),
-    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
-    "immunohistochemistry": ("skimage", "data/ihc.png"),
-    "moon": ("skimage", "data/moon.png"),
-    "motorcycle": ("skimage", "data/motorcycle_left.png"),
-    "retina": ("skimage", "data/retina.jpg"),
-    "rocket": ("skimage", "data/rocket.jpg"),
-    "china": ("sklearn", "datasets/images/china.jpg"),
-    "flower": ("sklearn", "datasets/images/flower.jpg"),
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    "astronaut": ("skimage", "data/astronaut.png", "public domain (NASA)"),
+    "brick": ("skimage", "data/brick.png", CC0),
+    "camera": ("skimage", "data/camera.png", CC0),
+    "chelsea": ("skimage", "data/chelsea.png", CC0),
+    "coffee": ("skimage", "data/coffee.png", CC0),
+    "grass": ("skimage", "data/grass.png", CC0),
+    "gravel": ("skimage", "data/gravel.png", CC0),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg", "public domain (NASA)"),
+    "immunohistochemistry": ("skimage", "data/ihc.png", "no known copyright restrictions (scikit-image)"),
+    "moon": ("skimage", "data/moon.png", NONE_STATED),
+    "motorcycle": ("skimage", "data/motorcycle_left.png", "Middlebury 2014 stereo benchmark; " + NONE_STATED),
+    "retina": ("skimage", "data/retina.jpg", CC0),
+    "rocket": ("skimage", "data/rocket.jpg", "public domain (SpaceX)"),
+    "china": ("sklearn", "datasets/images/china.jpg", "CC BY 2.0, danielbuechele on Flickr"),
+    "flower": ("sklearn", "datasets/images/flower.jpg", "CC BY 2.0, vultilion on Flickr"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", NONE_STATED),
 }
 
 
@@ -129,7 +133,7 @@ class SampleImages:
     @staticmethod
     def paths() -> list[Path]:
         paths = []
-        for name, (package, inner) in SAMPLE_IMAGES.items():
+        for name, (package, inner, _) in SAMPLE_IMAGES.items():
             try:
                 path = Path(str(importlib.resources.files(package) / inner))
             except ModuleNotFoundError:
@@ -141,6 +145,11 @@ class SampleImages:
 
     def splits(self, names: Sequence[str] = SPLITS) -> dict[str, list[Path]]:
         return split_by_fractions(self.paths(), self.fractions, self.seed)
+
+    @staticmethod
+    def licences() -> dict[str, str]:
+        """Each photo's licence, by name, for the model card."""
+        return {name: licence for name, (_, _, licence) in SAMPLE_IMAGES.items()}
 
     def __repr__(self) -> str:
         return f"SampleImages(fractions={self.fractions}, seed={self.seed})"
