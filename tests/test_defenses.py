@@ -25,7 +25,7 @@ from rnic.defenses import (
 from rnic.defenses.dihedral import dihedral, inverse_dihedral
 from rnic.defenses.latent import measure_latent_ranges, ranges_file, read_latent_ranges, save_latent_ranges
 from rnic.evaluation import evaluate_robustness
-from tests.conftest import ROOT, attack_cfg
+from tests.conftest import CONF, attack_cfg
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +241,7 @@ def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
     by name alone, the missing setting is named)."""
     from omegaconf import OmegaConf
 
-    files = {
-        p.stem: OmegaConf.load(p) for p in (ROOT / "conf" / "defense").glob("*.yaml") if p.stem != "none"
-    }
+    files = {p.stem: OmegaConf.load(p) for p in (CONF / "defense").glob("*.yaml") if p.stem != "none"}
     assert len(files) >= 10
     for name, config in files.items():
         assert list(config) == [name]

@@ -1,5 +1,7 @@
 """The installed package: its version, licence and citation metadata."""
 
+import subprocess
+import sys
 from importlib import metadata
 
 import yaml
@@ -23,3 +25,22 @@ def test_the_citation_names_rnic_and_the_paper_it_reproduces():
         "Chen",
         "Ma",
     ]
+
+
+def run_rnic(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rnic", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_python_m_rnic_dispatches_to_each_command_and_names_an_unknown_one():
+    unknown = run_rnic("trian")
+    assert (
+        unknown.returncode == 1
+        and "error: unknown command 'trian'; choose one of train, attack" in unknown.stderr
+    )
+    report = run_rnic("report", "--help")
+    assert (
+        report.returncode == 0
+        and "usage: python -m rnic report" in report.stdout
+        and "--check" in report.stdout
+    )
