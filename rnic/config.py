@@ -5,7 +5,6 @@ Nothing here imports Lightning: attack.py's job and notebooks build codecs and a
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic.codecs import load_weights, pretrained_file
+from rnic.io import file_sha256
 
 # rnic's own configs, the search path outside a Hydra job.
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -65,14 +65,6 @@ def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
     spec, _, budgets = attack_spec(attack)
     make = build(OmegaConf.create(spec))
     return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def config_group(group: str) -> dict[str, DictConfig]:
