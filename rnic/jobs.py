@@ -115,7 +115,7 @@ def check_paths(cfg: DictConfig) -> None:
     """The files and folders a config names, checked before torch and Lightning load (seconds)."""
     model, attack = cfg.get("model") or {}, cfg.get("attack") or {}
     for key, value in (
-        ("ckpt_path", cfg.get("ckpt_path")),
+        ("ckpt_path", None if cfg.get("ckpt_path") == "auto" else cfg.get("ckpt_path")),  # run_folder.AUTO
         ("model.weights", model.get("weights")),
         ("attack.target", attack.get("target")),
         ("attack.mask", attack.get("mask")),
