@@ -84,3 +84,15 @@ def config_group(group: str) -> dict[str, DictConfig]:
             if entry.name.endswith(".yaml") and name not in options:
                 options[name] = OmegaConf.create(entry.read_text())
     return options
+
+
+def choosable_groups() -> str:
+    """`--help`'s list of config groups: those in the composed config's defaults (group=option works), each
+    with its options; groups only read by a key (conf/method/ for adv.method) or by other configs
+    (conf/shared/) are not listed."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    groups = sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/"))
+    return "\n".join(f"{group}: {', '.join(config_group(group))}" for group in groups)
+
+
+OmegaConf.register_new_resolver("rnic_choosable_groups", choosable_groups, replace=True)

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rnic.budgets import parse_fractions
 from rnic.io import atomic_write, write_text
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def run_job(task: str | Callable[[DictConfig], object], cfg: DictConfig):
     output_dir = Path(cfg.paths.output_dir)
     quiet_third_party()
     try:
+        parse_fractions(cfg)  # attack.eps=8/255
         check_paths(cfg)
         if isinstance(task, str):
             module, name = task.split(":")

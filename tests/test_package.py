@@ -44,3 +44,19 @@ def test_python_m_rnic_dispatches_to_each_command_and_names_an_unknown_one():
         and "usage: python -m rnic report" in report.stdout
         and "--check" in report.stdout
     )
+
+
+def help_groups(command: str) -> set[str]:
+    result = run_rnic(command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    return {line.split(":")[0] for line in listed.splitlines() if ": " in line}
+
+
+def test_help_lists_only_the_groups_that_can_be_chosen():
+    train, attack = help_groups("train"), help_groups("attack")
+    assert {"model", "data", "attack", "defense", "trainer", "logger", "module/scheduler"} <= train
+    assert {"model", "data", "attack", "defense", "experiment", "paths"} <= attack
+    # adv.method reads conf/method/, shared/ holds pieces of other configs; attack.py has no trainer or logger
+    assert not {"method", "shared", "hydra"} & (train | attack)
+    assert not {"logger", "callbacks", "trainer", "module"} & attack
