@@ -218,3 +218,37 @@ def test_each_documented_command_composes(command, tmp_path, monkeypatch):
         except Exception as err:  # noqa: BLE001 - any failure is the doc line's, named with it
             raise AssertionError(f"{command}\ndoes not compose ({overrides}):\n{err}") from None
         COMPOSED.add((config_name, *overrides))
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(doc) -> set[str]:
+    found, seen = set(), {}
+    for line in FENCE.sub("", doc.read_text()).splitlines():
+        if re.match(r"#{1,6} ", line):
+            base = slug(line.lstrip("#"))
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_heading():
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall(FENCE.sub("", doc.read_text())):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, broken
