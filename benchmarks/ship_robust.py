@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
-from rnic.card import versions
+from rnic.card import portable, versions
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
@@ -154,7 +154,7 @@ def main() -> None:
     state, _ = read_codec_state(checkpoint)
     atomic_write(target, lambda tmp: torch.save(state, tmp))
     robust_card = card(args.run, args.control, target)
-    write_json(target.with_suffix(".json"), robust_card)
+    write_json(target.with_suffix(".json"), portable(robust_card, args.run))  # no folder of this machine
     for threat, evaluation in robust_card["evaluations"].items():
         e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]
         print(
