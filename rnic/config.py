@@ -18,7 +18,7 @@ from rnic.codecs import load_weights, pretrained_file
 from rnic.io import file_sha256
 
 # rnic's own configs, the search path outside a Hydra job.
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"
 # Keys of an attack config that configure attack.py's run, not the attack.
 ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask", "adaptive", "eot_samples")
 
@@ -69,8 +69,8 @@ def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
 
 def config_group(group: str) -> dict[str, DictConfig]:
     """The options of config group `group` (each `<group>/<name>.yaml`: name -> its config), read from
-    Hydra's search path as the running job composed it (`hydra.searchpath` included), or from rnic's
-    conf/ outside a Hydra job. Where two directories hold the same name, the first one wins, as in Hydra."""
+    Hydra's search path as the running job composed it (`hydra.searchpath` included), or from rnic/conf/
+    outside a Hydra job. Where two directories hold the same name, the first one wins, as in Hydra."""
     sources = HydraConfig.get().runtime.config_sources if HydraConfig.initialized() else []
     roots = [Path(s.path) for s in sources if s.schema == "file"]
     roots += [resources.files(s.path.replace("/", ".")) for s in sources if s.schema == "pkg"]
@@ -88,8 +88,8 @@ def config_group(group: str) -> dict[str, DictConfig]:
 
 def choosable_groups() -> str:
     """`--help`'s list of config groups: those in the composed config's defaults (group=option works), each
-    with its options; groups only read by a key (conf/method/ for adv.method) or by other configs
-    (conf/shared/) are not listed."""
+    with its options; groups only read by a key (rnic/conf/method/ for adv.method) or by other configs
+    (rnic/conf/shared/) are not listed."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     groups = sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/"))
     return "\n".join(f"{group}: {', '.join(config_group(group))}" for group in groups)

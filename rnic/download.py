@@ -54,7 +54,7 @@ class Remote:
 
 
 KODAK = "https://r0k.us/graphics/kodak/kodak/kodim{:02d}.png"
-# Each set: (its folder under the data dir, as conf/data/<name>.yaml reads it; what to fetch).
+# Each set: (its folder under the data dir, as rnic/conf/data/<name>.yaml reads it; what to fetch).
 DATASETS: dict[str, tuple[str, tuple[Remote, ...]]] = {
     "kodak": ("kodak", tuple(Remote(KODAK.format(i)) for i in range(1, 25))),
     "clic": ("clic", (  # CLIC 2020 professional, from the challenge's host at ETH Zurich (no test set there)
@@ -74,7 +74,7 @@ DATASETS: dict[str, tuple[str, tuple[Remote, ...]]] = {
 
 
 def data_dir() -> Path:
-    """Where `paths.data_dir` points by default (conf/paths/default.yaml)."""
+    """Where `paths.data_dir` points by default (rnic/conf/paths/default.yaml)."""
     return Path(os.environ.get("RNIC_DATA_DIR") or Path.cwd() / "data")
 
 

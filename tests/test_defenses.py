@@ -236,7 +236,7 @@ def test_train_py_validates_through_a_defense(tiny_cfg, tmp_path):
 
 
 def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
-    """conf/defense/<name>.yaml holds one key, <name>; `build_defenses([name])` builds it from that file
+    """rnic/conf/defense/<name>.yaml holds one key, <name>; `build_defenses([name])` builds it from that file
     alone, a defence whose `name` is <name> (latent_clamp takes its ranges from the run's model.weights:
     by name alone, the missing setting is named)."""
     from omegaconf import OmegaConf

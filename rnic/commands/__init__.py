@@ -11,12 +11,12 @@ from pathlib import Path
 
 # command -> (module, what it does)
 COMMANDS = {
-    "train": ("rnic.commands.train", "train or finetune a codec (Hydra: conf/train.yaml)"),
+    "train": ("rnic.commands.train", "train or finetune a codec (Hydra: rnic/conf/train.yaml)"),
     "attack": (
         "rnic.commands.attack",
-        "attack a codec, measured on real bitstreams (Hydra: conf/attack.yaml)",
+        "attack a codec, measured on real bitstreams (Hydra: rnic/conf/attack.yaml)",
     ),
-    "ranges": ("rnic.commands.ranges", "measure latent_clamp's ranges of y (Hydra: conf/attack.yaml)"),
+    "ranges": ("rnic.commands.ranges", "measure latent_clamp's ranges of y (Hydra: rnic/conf/attack.yaml)"),
     "report": ("rnic.commands.report", "gather runs and sweeps into a report, check model cards"),
     "data": ("rnic.download", "download Kodak, CLIC, DIV2K or Tecnick into $RNIC_DATA_DIR"),
 }
