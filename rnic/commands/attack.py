@@ -4,7 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnic.config import CONF
+from rnic.config_groups import CONF
 from rnic.jobs import run_job, switch_arguments
 
 
