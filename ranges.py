@@ -1,16 +1,6 @@
-"""Measure latent_clamp's ranges of y on clean training images and store them with the checkpoint:
-`python ranges.py model.weights=CKPT [data=...] [+ranges_split=train]`."""
+"""`python ranges.py ARGS`: the same as `rnic-ranges ARGS` (rnic/commands/ranges.py), from a checkout."""
 
-import hydra
-from omegaconf import DictConfig
-
-from rnic.jobs import run_job
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="attack")
-def main(cfg: DictConfig) -> None:
-    run_job("rnic.latent_ranges:measure_ranges", cfg)
-
+from rnic.commands.ranges import main
 
 if __name__ == "__main__":
     main()

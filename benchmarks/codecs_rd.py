@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
+from rnic.card import portable, versions
 from rnic.classical import LABELS, REFERENCES, matched_reference
 from rnic.codecs import SHIPPED, WEIGHTS_DIR, build_codec, qualities, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
@@ -126,6 +127,9 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str])
         "lmbda": final.get("lmbda") or config.module.lmbda,
         "metric": "mse",
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
+        "data_licences": SampleImages.licences(),
+        # The libraries that coded the val photos to the bitstreams this card records.
+        "verified_with": versions(),
         "steps": final["step"],
         "train_seconds": final["train_seconds"],
         "command": "python train.py " + " ".join(overrides),
@@ -214,7 +218,7 @@ def main() -> None:
     print(f"outputs in {args.out}")
     for quality, run in runs.items():
         path = shipped_weights(ARCH, "mse", quality).with_suffix(".json")
-        write_json(path, card(points[quality - 1], run, names, shipped_from))
+        write_json(path, portable(card(points[quality - 1], run, names, shipped_from), run))
         print(f"card: {path}")
     cards = {
         q: json.loads(shipped_weights(ARCH, "mse", q).with_suffix(".json").read_text())

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
+from rnic.card import portable, versions
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
@@ -103,6 +104,9 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "trained_against": trained_against(config.attack),
         "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
+        "data_licences": SampleImages.licences(),
+        # The libraries that coded the val photos to the bitstreams this card records.
+        "verified_with": versions(),
         "passes": final["passes"],
         "optimizer_steps": final["step"],
         "learning_rate": config.module.optimizer.lr,
@@ -163,7 +167,7 @@ def main() -> None:
     state, _ = read_codec_state(checkpoint)
     atomic_write(target, lambda tmp: torch.save(state, tmp))
     robust_card = card(args.run, args.control, target)
-    write_json(target.with_suffix(".json"), robust_card)
+    write_json(target.with_suffix(".json"), portable(robust_card, args.run))  # no folder of this machine
     gains = robust_card["gain_psnr_adv"]
     for threat, evaluation in robust_card["evaluations"].items():
         e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,6 +17,9 @@ from rnic.config import file_sha256
 from rnic.io import write_json
 
 CARD_FILE = "card.json"
+PACKAGE = Path(__file__).resolve().parent  # a path under it is recorded as rnic/...
+# An absolute path inside a string: at its start, or after a space, '=', '[' or ','.
+ABSOLUTE_PATH = re.compile(r"(?:^|(?<=[\s=\[,]))/[^\s,\]]+")
 LIBRARIES = (
     "rnic",
     "torch",
@@ -40,15 +44,64 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def data_licences(resolved: dict) -> dict:
+    """`licences` of data=sample's photos (as their packages state them); other data sets are the user's."""
+    source = (resolved.get("data") or {}).get("source") or {}
+    if source.get("_target_") != "rnic.data.SampleImages":
+        return {}
+    from rnic.data import SampleImages  # Lightning: only for cards of data=sample runs
+
+    return {"licences": SampleImages.licences(bool(source.get("extra_train")))}
+
+
 def weights_entry(cfg: DictConfig) -> dict:
     model = cfg.model
     entry = {"pretrained": bool(model.get("pretrained")), "file": None, "sha256": None}
     if model.get("weights"):
-        entry["file"] = str(Path(model.weights).resolve())
+        entry["file"] = str(Path(model.weights).resolve())  # made portable by write_card
         entry["sha256"] = file_sha256(model.weights)
     elif model.get("pretrained_file"):  # pretrained weights from a known file (rnic.config.codec_from_config)
         entry["file"], entry["sha256"] = model.pretrained_file, model.pretrained_sha256
     return entry
+
+
+def portable_path(path: str | Path, folder: Path | None = None) -> str:
+    """`path` as a card records it, without the machine's own folders: under rnic's package as rnic/...,
+    under the run folder relative to it, under the working directory relative to it; elsewhere as it is."""
+    resolved = Path(path).resolve()
+    for base, prefix in ((PACKAGE, "rnic"), (folder, None), (Path.cwd(), None)):
+        if base is not None and resolved.is_relative_to(Path(base).resolve()):
+            relative = resolved.relative_to(Path(base).resolve())
+            return str(Path(prefix) / relative) if prefix else str(relative)
+    return str(path)
+
+
+def portable(value, folder: Path | None = None):
+    """Every absolute path in `value` (a card, or any part of it) made portable (`portable_path`)."""
+    if isinstance(value, dict):
+        return {k: portable(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, folder) for v in value]
+    if isinstance(value, str):
+        return ABSOLUTE_PATH.sub(lambda m: portable_path(m[0], folder), value)
+    return value
+
+
+def recorded_file(recorded: str, folder: Path) -> Path:
+    """The file a card's path names (what `portable_path` recorded), looked up from the card's folder."""
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    candidates = [folder / path, Path.cwd() / path]
+    if path.parts[0] == "rnic":
+        candidates.insert(0, PACKAGE.parent / path)
+    return next((c for c in candidates if c.exists()), folder / path).resolve()
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed: `python train.py ...` for a script, the command's name for a console script."""
+    program = f"python {argv[0]}" if argv[0].endswith(".py") else Path(argv[0]).name
+    return " ".join([program, *argv[1:]])
 
 
 def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str, attack: str | None) -> dict:
@@ -60,7 +113,7 @@ def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str,
     return {
         "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command_line(sys.argv),
         "codec": codec.get("arch") or codec.get("format") or str(codec.get("_target_")),
         # With a rate target, a classical coder chooses the quality per image (results.json records it).
         "quality": None
@@ -69,7 +122,7 @@ def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str,
         "metric": resolved["model"].get("metric"),
         "codec_config": codec,
         "weights": weights_entry(cfg),
-        "data": {"config": resolved.get("data"), "split": split, "images": images},
+        "data": {"config": resolved.get("data"), "split": split, "images": images, **data_licences(resolved)},
         "threat": attack_cfg.get("threat"),
         "proxy": attack_cfg.get("proxy"),
         "attack": attack,
@@ -81,7 +134,9 @@ def build_card(cfg: DictConfig, kind: str, means: dict, images: int, split: str,
 
 
 def write_card(folder: Path, card: dict) -> Path:
-    return write_json(Path(folder) / CARD_FILE, card)
+    """`card.json` in `folder`, its paths portable: the command's as typed in the working directory."""
+    written = {**portable(card, Path(folder)), "command": portable(card.get("command"))}
+    return write_json(Path(folder) / CARD_FILE, written)
 
 
 def _same(a, b) -> bool:
@@ -102,7 +157,7 @@ def check_card(folder: Path) -> list[str]:
     problems = []
     weights = card.get("weights") or {}
     if weights.get("file"):
-        file = Path(weights["file"])
+        file = recorded_file(weights["file"], folder)
         if not file.is_file():
             problems.append(f"{file}: the weights file of {path} is missing")
         elif file_sha256(file) != weights.get("sha256"):
@@ -115,8 +170,8 @@ def check_card(folder: Path) -> list[str]:
     if results is None:
         return [*problems, f"{results_path}: not valid JSON (truncated or edited?)"]
     means = results[key] if key else {k: v for k, v in results.items() if k != "start"}
-    for field, value in card["means"].items():
-        if not _same(means.get(field), value):
+    for field, value in card["means"].items():  # paths among them as the card records them
+        if not _same(portable(means.get(field), folder), value):
             problems.append(f"{results_path}: {field}={means.get(field)!r}, {path} says {value!r}")
     if card["kind"] == "attack":
         problems += check_attack_results(results, results_path, card, path)

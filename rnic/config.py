@@ -5,20 +5,15 @@ Nothing here imports Lightning: attack.py's job and notebooks build codecs and a
 
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
-from pathlib import Path
-
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic.codecs import load_weights, pretrained_file
+from rnic.config_groups import CONF, config_group  # noqa: F401  (imported from here too)
+from rnic.io import file_sha256
 
-# rnic's own configs, the search path outside a Hydra job.
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Keys of an attack config that configure attack.py's run, not the attack.
 ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask", "adaptive", "eot_samples")
 
@@ -65,30 +60,3 @@ def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
     spec, _, budgets = attack_spec(attack)
     make = build(OmegaConf.create(spec))
     return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def config_group(group: str) -> dict[str, DictConfig]:
-    """The options of config group `group` (each `<group>/<name>.yaml`: name -> its config), read from
-    Hydra's search path as the running job composed it (`hydra.searchpath` included), or from rnic's
-    conf/ outside a Hydra job. Where two directories hold the same name, the first one wins, as in Hydra."""
-    sources = HydraConfig.get().runtime.config_sources if HydraConfig.initialized() else []
-    roots = [Path(s.path) for s in sources if s.schema == "file"]
-    roots += [resources.files(s.path.replace("/", ".")) for s in sources if s.schema == "pkg"]
-    options: dict[str, DictConfig] = {}
-    for root in roots or [CONF]:
-        folder = root / group
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            name = entry.name.removesuffix(".yaml")
-            if entry.name.endswith(".yaml") and name not in options:
-                options[name] = OmegaConf.create(entry.read_text())
-    return options

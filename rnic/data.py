@@ -327,3 +327,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.val_batch_size, shuffle=False)
+
+
+if __name__ == "__main__":  # python -m rnic.data download kodak
+    from rnic.download import main
+
+    main()

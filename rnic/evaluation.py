@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from rnic.attacks import Threat
 from rnic.attacks.base import LEVEL_TOLERANCE
+from rnic.budgets import format_budget
 from rnic.card import build_card
 from rnic.classical import FORMATS, ClassicalCodec, to_uint8
 from rnic.coding import coder_on, forward_is_decoded
@@ -262,7 +263,7 @@ class Evaluation:
                 self.output_dir / "robustness_curve.png",
                 curve,
                 f"{type(self.codec).__name__} under {type(self.attacks[0]).__name__} "
-                f"(eps {', '.join(f'{e:g}' for e in self.budgets)}), real bitstreams",
+                f"(eps {', '.join(format_budget(e) for e in self.budgets)}), real bitstreams",
             )
             print(f"robustness curve: {self.output_dir / 'robustness_curve.png'}")
         return curve

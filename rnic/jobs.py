@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from rnic.budgets import parse_fractions
 from rnic.dashboard import name_wandb_run
 from rnic.io import atomic_write, write_text
 
@@ -108,7 +109,7 @@ def check_paths(cfg: DictConfig) -> None:
     """The files and folders a config names, checked before torch and Lightning load (seconds)."""
     model, attack = cfg.get("model") or {}, cfg.get("attack") or {}
     for key, value in (
-        ("ckpt_path", cfg.get("ckpt_path")),
+        ("ckpt_path", None if cfg.get("ckpt_path") == "auto" else cfg.get("ckpt_path")),  # run_folder.AUTO
         ("model.weights", model.get("weights")),
         ("attack.target", attack.get("target")),
         ("attack.mask", attack.get("mask")),
@@ -131,6 +132,7 @@ def run_job(task: str | Callable[[DictConfig], object], cfg: DictConfig):
     output_dir = Path(cfg.paths.output_dir)
     quiet_third_party()
     try:
+        parse_fractions(cfg)  # attack.eps=8/255
         check_paths(cfg)
         if isinstance(task, str):
             module, name = task.split(":")

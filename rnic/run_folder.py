@@ -3,6 +3,7 @@ the config it was started with (what the command line sets on top)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic.codecs import read_checkpoint
 
+log = logging.getLogger(__name__)
+
+# ckpt_path=auto: resume from the run folder's own last checkpoint, if an earlier attempt left one.
+AUTO = "auto"
+LAST_CHECKPOINT = ("checkpoints", "last.ckpt")
 # What a training run writes into its folder (Hydra's record and log included).
 RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard", "wandb", "robust_eval", "final_metrics.json", "card.json",
                "config.yaml", ".hydra", "train.log")  # fmt: skip
@@ -19,6 +25,31 @@ RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard", "wandb", "robust_eval", "fin
 RUN_KEYS = ("paths", "ckpt_path", "hydra")
 # ... and also from a run folder's config.yaml, whose paths were resolved to the old folder.
 RESOLVED_RUN_KEYS = (*RUN_KEYS, "callbacks", "logger", "trainer.default_root_dir")
+
+
+def launched_by_submitit() -> bool:
+    """A job of a submitit launcher (hydra/launcher=slurm|slurm_ddp|submitit_local|submitit_slurm): it may be
+    requeued after a timeout or a preemption (the launcher's max_num_timeout) and rerun in the same folder."""
+    if not HydraConfig.initialized():
+        return False
+    launcher = HydraConfig.get().get("launcher") or {}
+    return "hydra_submitit_launcher" in str(launcher.get("_target_", ""))
+
+
+def resume_in_place(cfg: DictConfig) -> DictConfig:
+    """`ckpt_path=auto`, and `ckpt_path=null` in a job that submitit launched: the run folder's own
+    `checkpoints/last.ckpt` if an earlier attempt of the run left one (a resume, said in the log), else a
+    fresh start, refused as any other if the folder holds another run's outputs."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt != AUTO and (ckpt is not None or not launched_by_submitit()):
+        return cfg
+    last = Path(cfg.paths.output_dir).joinpath(*LAST_CHECKPOINT)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last) if last.is_file() else None
+    if last.is_file():
+        why = "ckpt_path=auto" if ckpt == AUTO else "a job that submitit started again in its folder"
+        log.info("resuming from %s (%s)", last, why)
+    return cfg
 
 
 def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
@@ -35,7 +66,8 @@ def check_run_folder(cfg: DictConfig, output_dir: Path) -> None:
         what = "a resume of another run" if ckpt else "a fresh start"
         raise ValueError(
             f"hydra.run.dir={str(output_dir)!r} holds a run already ({what} would write over it): resume it "
-            f"with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, choose another hydra.run.dir, "
+            f"with ckpt_path={output_dir.joinpath(*LAST_CHECKPOINT)} (or ckpt_path=auto), choose another "
+            "hydra.run.dir, "
             "or start over in it with overwrite=true (deletes its checkpoints and metrics)"
         )
     for path in outputs:

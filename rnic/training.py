@@ -30,7 +30,7 @@ from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
 from rnic.methods import TrainingMethod, check_method_settings, train_only
 from rnic.robust_eval import robust_evaluation
-from rnic.run_folder import check_run_folder, command_line_keys, resume_config
+from rnic.run_folder import check_run_folder, command_line_keys, resume_config, resume_in_place
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured codec, validate the best checkpoint, and return its val (and test) metrics."""
     started = time.perf_counter()
     check_paths(cfg)
+    cfg = resume_in_place(cfg)
     if cfg.get("ckpt_path"):
         cfg = resume_config(cfg)
     cfg = check_starting_weights(cfg)

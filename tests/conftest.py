@@ -12,8 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from rnic.config import CONF
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"  # rnic.config.CONF, seen from the tests
 
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)

@@ -30,6 +30,8 @@ def test_an_attack_card_records_what_was_evaluated_and_checks_out(tmp_path, trai
     assert card["means"] == json.loads((run / "results.json").read_text())["mean"]
     assert card["means"]["psnr_adv"] == mean["psnr_adv"]
     assert card["versions"]["torch"] and card["versions"]["compressai"]
+    licences = card["data"]["licences"]  # data=sample: each photo's licence as its package states it
+    assert len(licences) == 16 and licences["china"].startswith("CC BY 2.0") and "CC0" in licences["camera"]
     assert check_card(run) == []
 
     result = subprocess.run([sys.executable, "report.py", "--check", str(run)], cwd=ROOT, capture_output=True,
@@ -54,3 +56,22 @@ def test_a_changed_result_or_a_train_card_is_caught(tiny_cfg, tmp_path):
     (tmp_path / "final_metrics.json").write_text(json.dumps(final))
     (problem,) = check_card(tmp_path)
     assert "final_metrics.json: val/clean/psnr=" in problem
+
+
+def test_a_card_records_paths_without_the_machines_folders(tmp_path, trained_checkpoint, monkeypatch):
+    """Weights inside the run folder are recorded relative to it, the command's paths relative to the working
+    directory; report.py --check finds the weights from either place."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "a"
+    (run / "weights").mkdir(parents=True)
+    weights = run / "weights" / "codec.ckpt"
+    weights.write_bytes(trained_checkpoint.read_bytes())
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/rnic-attack", f"model.weights={weights}"])
+    attack_run(run, weights)
+    card = json.loads((run / CARD_FILE).read_text())
+    assert card["weights"]["file"] == "weights/codec.ckpt"
+    assert card["command"] == "rnic-attack model.weights=runs/a/weights/codec.ckpt"
+    assert str(tmp_path) not in json.dumps(card)
+    assert check_card(run) == []
+    monkeypatch.chdir(ROOT)  # checked from elsewhere: the run folder still finds its weights
+    assert check_card(run) == []

@@ -25,7 +25,7 @@ from rnic.defenses import (
 from rnic.defenses.dihedral import dihedral, inverse_dihedral
 from rnic.defenses.latent import measure_latent_ranges, ranges_file, read_latent_ranges, save_latent_ranges
 from rnic.evaluation import evaluate_robustness
-from tests.conftest import ROOT, attack_cfg
+from tests.conftest import CONF, attack_cfg
 
 
 @pytest.fixture(scope="module")
@@ -236,14 +236,12 @@ def test_train_py_validates_through_a_defense(tiny_cfg, tmp_path):
 
 
 def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
-    """conf/defense/<name>.yaml holds one key, <name>; `build_defenses([name])` builds it from that file
+    """rnic/conf/defense/<name>.yaml holds one key, <name>; `build_defenses([name])` builds it from that file
     alone, a defence whose `name` is <name> (latent_clamp takes its ranges from the run's model.weights:
     by name alone, the missing setting is named)."""
     from omegaconf import OmegaConf
 
-    files = {
-        p.stem: OmegaConf.load(p) for p in (ROOT / "conf" / "defense").glob("*.yaml") if p.stem != "none"
-    }
+    files = {p.stem: OmegaConf.load(p) for p in (CONF / "defense").glob("*.yaml") if p.stem != "none"}
     assert len(files) >= 10
     for name, config in files.items():
         assert list(config) == [name]

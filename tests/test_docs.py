@@ -1,6 +1,7 @@
 """The documentation cannot drift from the configs: every command line of a Hydra entry point
-(`python train.py ...`, `python attack.py ...`, `python ranges.py ...`, also with `-m`) in a fenced code
-block of README.md or docs/*.md composes with the real configs, as the entry point would compose it.
+(`python train.py ...`, `python attack.py ...`, `python ranges.py ...`, also with `-m`, and the same as
+`rnic-train ...`, `rnic train ...` or `python -m rnic train ...`) in a fenced code block of README.md or
+docs/*.md composes with the real configs, as the entry point would compose it.
 
 The blocks are read as the shell reads them: backslash continuations are joined, comments dropped,
 `;` separates commands, `NAME=value` assignments and `for NAME in ...` loops set variables that later
@@ -19,11 +20,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+import rnic.commands
 from rnic.jobs import switch_arguments
 from rnic.methods import check_method_settings
 from tests.conftest import ROOT, compose_config
@@ -32,7 +35,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SHELL = ("bash", "sh", "shell", "console")
 # An entry point's command in a block that is not marked as shell would go unchecked.
-UNMARKED = re.compile(r"^\s*python3? (train|attack|ranges)\.py\b", re.MULTILINE)
+UNMARKED = re.compile(
+    r"^\s*(python3? (train|attack|ranges)\.py|rnic[- ](train|attack|ranges))\b", re.MULTILINE
+)
 VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
 MULTIRUN = ("-m", "--multirun")
@@ -55,8 +60,9 @@ class Command:
 @cache
 def entry_point(script: str) -> tuple[str, tuple[str, ...]] | None:
     """(config name, switched keys) of a Hydra entry point, read from its source: the `config_name` of
-    `@hydra.main` and the keys it hands to `rnic.jobs.switch_arguments`; None for other scripts."""
-    path = ROOT / script
+    `@hydra.main` and the keys it hands to `rnic.jobs.switch_arguments` in the command that the script
+    runs (rnic/commands/<script>); None for other scripts."""
+    path = Path(rnic.commands.__file__).parent / script
     if not path.is_file():
         return None
     config, switches = None, ()
@@ -70,6 +76,16 @@ def entry_point(script: str) -> tuple[str, tuple[str, ...]] | None:
         elif name == "switch_arguments":
             switches = ast.literal_eval(node.args[0])
     return (config, switches) if config else None
+
+
+def as_script(tokens: list[str]) -> list[str]:
+    """`rnic-train ARGS`, `rnic train ARGS` and `python -m rnic train ARGS` as `python train.py ARGS`."""
+    if tokens and tokens[0].startswith("rnic-"):
+        return ["python", f"{tokens[0].removeprefix('rnic-')}.py", *tokens[1:]]
+    for start in (["rnic"], ["python", "-m", "rnic"], ["python3", "-m", "rnic"]):
+        if tokens[: len(start)] == start and len(tokens) > len(start):
+            return ["python", f"{tokens[len(start)]}.py", *tokens[len(start) + 1 :]]
+    return tokens
 
 
 def shell_segments(line: str) -> list[str]:
@@ -123,6 +139,7 @@ def block_commands(block: str) -> list[tuple[int, str, list[str]]]:
                 tokens = shlex.split(text)
                 while tokens and tokens[0] in ("do", "then", "else"):
                     tokens = tokens[1:]
+                tokens = as_script(tokens)
                 if not tokens or tokens[0] == "done":
                     continue
                 if tokens[0] == "for" and len(tokens) > 2 and tokens[2] == "in":
@@ -201,3 +218,37 @@ def test_each_documented_command_composes(command, tmp_path, monkeypatch):
         except Exception as err:  # noqa: BLE001 - any failure is the doc line's, named with it
             raise AssertionError(f"{command}\ndoes not compose ({overrides}):\n{err}") from None
         COMPOSED.add((config_name, *overrides))
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(doc) -> set[str]:
+    found, seen = set(), {}
+    for line in FENCE.sub("", doc.read_text()).splitlines():
+        if re.match(r"#{1,6} ", line):
+            base = slug(line.lstrip("#"))
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_heading():
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall(FENCE.sub("", doc.read_text())):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, broken

@@ -17,7 +17,7 @@ from rnic.methods import FreeTraining, TrainingMethod, build_method
 from rnic.module import CodecModule
 from rnic.report.bd import bd_psnr, bd_rate
 from rnic.training import build_adversarial, train
-from tests.conftest import ROOT, TINY, compose_config, tiny_widths
+from tests.conftest import CONF, ROOT, TINY, compose_config, tiny_widths
 
 ATTACK = ["attack=linf", "attack.steps=2"]
 # Per step, batch of 2, ratio 0.5 (one adversarial image: half a pass per attack step), 2 PGD steps:
@@ -179,12 +179,12 @@ def test_the_jacobian_term_is_the_squared_jacobian_vector_product(trained_codec,
 
 
 def test_every_method_yaml_builds_the_method_of_its_name(monkeypatch):
-    """adv.method=NAME builds the class that conf/method/NAME.yaml names, recorded under NAME; an unknown
+    """adv.method=NAME builds the class that rnic/conf/method/NAME.yaml names, recorded under NAME; an unknown
     name is refused with the names of that folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a job: rnic's conf/ alone
-    names = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a job: rnic's rnic/conf/ alone
+    names = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
     assert len(names) >= 8 and set(EXPECTED) <= set(names)
     attack = PGD(build_codec("bmshj2018_factorized", N=16, M=24), eps=4 / 255, steps=1)
     for name in names:

@@ -3,13 +3,17 @@ with its yaml on Hydra's search path, runs through attack.py's job and train.py'
 file."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
+import yaml
 
 from rnic.evaluation import evaluate_robustness
 from rnic.training import train
-from tests.conftest import TINY, compose_config, tiny_widths
+from tests.conftest import ROOT, TINY, compose_config, tiny_widths
 
 PACKAGE = '''
 import torch
@@ -86,6 +90,14 @@ YAML = {
     "method/flip.yaml": """
         _target_: toyplug.FlipTraining
     """,
+    "model/small_hyperprior.yaml": """
+        defaults:
+          - bmshj2018_hyperprior
+          - _self_
+        N: 16
+        M: 24
+        quality: 1
+    """,
 }
 
 
@@ -150,3 +162,18 @@ def test_a_plugin_training_method_runs_through_train_py(plugins, tmp_path):
     train(compose_config(tmp_path, *TINY, *tiny_widths([]), *overrides))
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["method"] == "flip" and final["passes"] == pytest.approx(4.0)
+
+
+def test_a_users_model_config_runs_through_the_rnic_command_from_another_folder(plugins, tmp_path):
+    """`python -m rnic train` in a folder of the user's, with the user's model yaml on Hydra's search path:
+    the run composes rnic's packaged configs with it and writes under that folder."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "RNIC_LOG_DIR": "runs"}
+    env.pop("RNIC_DATA_DIR", None)
+    command = [sys.executable, "-m", "rnic", "train", plugins, "model=small_hyperprior", *TINY]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs" / "train" / "runs").iterdir()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["model"]["N"], config["model"]["M"], config["model"]["quality"]) == (16, 24, 1)
+    assert json.loads((run / "final_metrics.json").read_text())["step"] == 4
+    assert (run / "train.log").is_file()  # Hydra's job is named after the command, as with train.py

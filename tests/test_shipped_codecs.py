@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
+from rnic.card import check_card
 from rnic.codecs import build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
@@ -91,6 +92,27 @@ def test_the_mix_weights_are_the_tours_method_at_each_quality(tmp_path):
         assert card["passes"] >= cfg.module.max_passes and card["learning_rate"] == cfg.module.optimizer.lr
 
 
+def test_every_robust_card_records_its_adversary_and_a_command_that_composes_to_it(tmp_path):
+    # The card's command, composed today, trains against the adversary and with the method its card
+    # records (the fast weights were trained against the clean reconstruction, before the tour's default
+    # became the source), and no card names a folder of the machine that made it.
+    for quality, method in ROBUST:
+        path = shipped_weights(ARCH, "mse", quality, method)
+        card = json.loads(path.with_suffix(".json").read_text())
+        script, *overrides = card["command"].removeprefix("python ").split()
+        assert script == "train.py" and "/work/" not in path.with_suffix(".json").read_text()
+        cfg = compose_config(tmp_path, *overrides)
+        spec, _, (eps,) = attack_spec(cfg.attack)
+        trained = card["trained_against"]
+        assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
+        assert {k: v for k, v in trained.items() if k not in ("attack", "eps")} == {
+            k: spec[k] for k in trained if k not in ("attack", "eps")
+        }
+        assert {k: card["adv"][k] for k in ("method", "target", "ratio", "train")} == {
+            k: cfg.adv[k] for k in ("method", "target", "ratio", "train")
+        }
+
+
 def test_unknown_robust_weights_are_refused_in_one_line():
     # Other (robust) weights are named in one line, and model.robust needs the shipped weights.
     with pytest.raises(
@@ -116,7 +138,13 @@ def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path, robust
     evaluate_robustness(cfg)
     path = shipped_weights(ARCH, "mse", 2, robust)
     card = json.loads((tmp_path / "card.json").read_text())
-    assert card["weights"] == {"pretrained": True, "file": str(path), "sha256": file_sha256(path)}
+    # recorded as a package path, not this machine's folders, and found again by report.py --check
+    assert card["weights"] == {
+        "pretrained": True,
+        "file": f"rnic/weights/{path.name}",
+        "sha256": file_sha256(path),
+    }
+    assert check_card(tmp_path) == []
     config = OmegaConf.load(tmp_path / "config.yaml")
     assert config.model.pretrained_file == str(path) and config.model.pretrained_sha256 == file_sha256(path)
     results = json.loads((tmp_path / "results.json").read_text())

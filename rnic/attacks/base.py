@@ -13,6 +13,7 @@ from rnic import rd
 from rnic.attacks.objectives import Context, Objective
 from rnic.attacks.proxy import check_proxy, quantization_proxy
 from rnic.attacks.threat import Threat
+from rnic.budgets import FRACTION_KEYS, format_budget
 
 
 class ZeroGradientError(RuntimeError):
@@ -208,10 +209,12 @@ class Attack:
         return {name: getattr(self, name) for name in names}
 
     def __repr__(self) -> str:
-        def show(value):
-            return value.tolist() if isinstance(value, Tensor) else value
+        def show(key, value):
+            if key in FRACTION_KEYS and isinstance(value, float):
+                return format_budget(value)  # 8/255 rather than 0.03137254901960784
+            return repr(value.tolist() if isinstance(value, Tensor) else value)
 
-        args = ", ".join(f"{k}={show(v)!r}" for k, v in self.settings().items())
+        args = ", ".join(f"{k}={show(k, v)}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args})"
 
 

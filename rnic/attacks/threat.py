@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rnic.attacks import rng
+from rnic.budgets import parse_fraction
 
 THREATS = ("linf", "l2", "mse")
 MSE_BOX = 16 / 255  # the paper's L-inf box around its MSE budget
@@ -86,7 +87,7 @@ class Threat:
 
     def budget(self, eps: float | Tensor | None) -> float | Tensor:
         """`eps`, or this threat's default budget when None; refused if this threat cannot mean it."""
-        eps = DEFAULT_EPS[self.name] if eps is None else eps
+        eps = DEFAULT_EPS[self.name] if eps is None else parse_fraction(eps)
         self.check(eps)
         return eps
 

@@ -19,7 +19,7 @@ on its batch mates; an attack averages its objective over `eot_samples` draws (E
 needs (the random transform drawn, the self-ensemble's index) into a header stream that counts in the bpp
 (rnic.defenses.header).
 
-The names below are the package's public API: the `_target_`s of conf/defense/*.yaml and what the rest of
+The names below are the package's public API: the `_target_`s of rnic/conf/defense/*.yaml and what the rest of
 rnic builds defenses with.
 """
 

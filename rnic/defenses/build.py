@@ -19,7 +19,7 @@ DEFENSE_BASES = (ImageDefense, CodecDefense, CenterSmoothing)
 
 def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]:
     """Defenses from a `defense=` config (name -> config with `_target_`, in order), from already built
-    defenses, or from a list of names, each built from its conf/defense/<name>.yaml (on Hydra's search
+    defenses, or from a list of names, each built from its rnic/conf/defense/<name>.yaml (on Hydra's search
     path; see rnic.config.config_group). `none` (or nothing) is no defense.
 
     A `_target_` may be any image defense or codec defense (a subclass of ImageDefense or CodecDefense,

@@ -25,7 +25,7 @@ consistency, teacher and latent take their adversarial examples from the configu
 optimizer updates. Every method takes `adv.train=all|encoder|decoder` (applied by the training job, the
 control included): encoder-only keeps the decoder and the bitstream format of the starting codec.
 
-`adv.method=NAME` builds the class that `conf/method/NAME.yaml` names by its `_target_`; a method of your
+`adv.method=NAME` builds the class that `rnic/conf/method/NAME.yaml` names by its `_target_`; a method of your
 own is a TrainingMethod subclass with such a yaml on Hydra's search path (docs/extending.md).
 """
 
@@ -67,7 +67,7 @@ def _keys(cls: type) -> set[str]:
 
 
 def method_class(method: str) -> type[TrainingMethod]:
-    """The class that `conf/method/<method>.yaml` names (`adv.method`), from Hydra's search path."""
+    """The class that `rnic/conf/method/<method>.yaml` names (`adv.method`), from Hydra's search path."""
     from rnic.config import config_group  # Hydra, not Lightning
 
     options = config_group("method")
