@@ -17,7 +17,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rnic.budgets import parse_fractions
-from rnic.dashboard import name_wandb_run
 from rnic.io import atomic_write, write_text
 
 log = logging.getLogger(__name__)
@@ -128,12 +127,14 @@ def run_job(task: str | Callable[[DictConfig], object], cfg: DictConfig):
     is printed as one line and exits with status 1. Nothing is written into the run folder before
     the job's checks pass (`write_run_record`), and a folder that stays empty is removed.
     """
-    name_wandb_run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     quiet_third_party()
     try:
         parse_fractions(cfg)  # attack.eps=8/255
-        check_paths(cfg)
+        check_paths(cfg)  # before anything imports torch: a bad path is refused at once
+        from rnic.dashboard import name_wandb_run
+
+        name_wandb_run(cfg)
         if isinstance(task, str):
             module, name = task.split(":")
             task = getattr(importlib.import_module(module), name)

@@ -24,6 +24,22 @@ def rd_distortion(a: Tensor, b: Tensor, metric: str) -> Tensor:
     return (255**2 if metric == "mse" else 1.0) * distortion(a, b, metric)
 
 
+class DeliveredRange(torch.autograd.Function):
+    """x_hat.clamp(0, 1), as the decoder delivers it, for an objective that is MAXIMISED: a clamped sample
+    still passes the gradient that moves it back into [0, 1] (the paper's Low_bound / Up_bound), so a
+    codec whose output saturates (a weak or untrained one) is not frozen by the clamp."""
+
+    @staticmethod
+    def forward(ctx, x_hat):
+        ctx.save_for_backward(x_hat)
+        return x_hat.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x_hat,) = ctx.saved_tensors
+        return grad * (((x_hat >= 0) | (grad > 0)) & ((x_hat <= 1) | (grad < 0)))
+
+
 @dataclass
 class Context:
     """What the objective compares against, fixed for one attack call."""
@@ -83,7 +99,7 @@ class Objective:
             return rd.estimated_bpp(likelihoods, num_pixels)
         # The decoder delivers its reconstruction clamped to [0, 1] (as the paper's attack measures it):
         # distortion the clamp removes is no damage, and an objective on the raw output chases it.
-        x_hat = x_hat.clamp(0, 1)
+        x_hat = DeliveredRange.apply(x_hat)
         if self.kind == "targeted":
             mask = ctx.mask if ctx.mask is not None else 1.0
             return -distortion(x_hat * mask, ctx.target * mask, self.metric)

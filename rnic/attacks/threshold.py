@@ -138,8 +138,11 @@ class ThresholdAttack(Attack):
                         best_value[better] = value[better]
                 if step == self.steps:
                     break
-                loss = torch.where(d_in > eps, d_in, -value).sum()
-                (grad,) = torch.autograd.grad(loss, noise)
+                # Differentiated as the value to maximise (the objective's clamp passes gradients by the
+                # ascent's sign), then negated for Adam's descent.
+                ascent = torch.where(d_in > eps, -d_in, value).sum()
+                (grad,) = torch.autograd.grad(ascent, noise)
+                grad = -grad
                 if step == 0 and self.init:
                     self.check_gradient(grad)
                 for group in optimizer.param_groups:
