@@ -44,7 +44,8 @@ def test_a_training_sweep_reports_its_failed_job_and_keeps_the_others(tmp_path):
     assert row["quality"] == "3" and row["codec"] == "bmshj2018_hyperprior_cpu"
     assert "sweep/1" in (report / "report.md").read_text()
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 and "Failed jobs" in page
+    # the finetuning figure and the PSNR-against-passes curves
+    assert page.count("data:image/png;base64,") == 2 and "Failed jobs" in page
 
 
 def test_a_failed_job_does_not_leak_its_wandb_run_into_the_next(tmp_path):

@@ -145,10 +145,9 @@ class Square(Attack):
             self._coder = None
 
     def search(self, x: Tensor, ctx: Context, eps: Tensor) -> Tensor:
-        if (
-            ctx.clean is not None
-        ):  # Objective.context used one forward: autoregressive codecs round otherwise,
-            # and a random defense draws anew each time (the mean of the draws is the reference)
+        if ctx.clean is not None and self._coder is not None:
+            # The clean reference from real decodes: an autoregressive codec's forward rounds otherwise (a
+            # random defense's draws are averaged, as the base class's eot_clean does for the forward).
             draws = [real_forward(self.codec, x, self._coder)[0] for _ in range(self.draws)]
             ctx = replace(ctx, clean=torch.stack(draws).mean(0))
         generators = rng.image_generators(x.shape[0])  # small draws: on the CPU
