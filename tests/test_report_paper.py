@@ -121,3 +121,16 @@ def test_the_robust_gain_axis_has_few_distinct_readable_ticks():
     assert 2 <= len(labels) <= 6 and len(set(labels)) == len(labels), labels
     assert "400" in labels and all("." not in text for text in labels), labels
     assert not tick_labels_overlap(axis)
+
+
+def test_the_finetuning_figure_names_each_runs_image_set():
+    from rnic.report.training import finetuning_figure
+
+    rows = [
+        {"run": f"runs/{name}", "attack": "linf", "image_set": label, "start_clean_psnr": 28.0,
+         "final_clean_psnr": 27.9}
+        for name, label in (("a", "sample/val #1a2b (4)"), ("b", "folder/val #3c4d (8)"))
+    ]  # fmt: skip
+    figure = finetuning_figure(rows)
+    ticks = [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
+    assert [t.splitlines()[-1] for t in ticks] == ["sample/val #1a2b (4)", "folder/val #3c4d (8)"]

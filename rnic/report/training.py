@@ -74,9 +74,9 @@ def finetuning_figure(trainings: list[dict]) -> Figure:
             width,
             label=key.replace("_", " "),
         )
-    axis.set_xticks(
-        range(len(trainings)), [f"{Path(r['run']).name}\n{r['attack']}" for r in trainings], fontsize=7
-    )
+    # One bar group per run, never a mean over runs; each names the images it was validated on.
+    labels = [f"{Path(r['run']).name}\n{r['attack']}\n{r.get('image_set') or ''}" for r in trainings]
+    axis.set_xticks(range(len(trainings)), labels, fontsize=7)
     axis.set(ylabel="val PSNR [dB]", title="before / after training")
     axis.legend(fontsize=7)
     return figure
