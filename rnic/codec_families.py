@@ -185,13 +185,3 @@ def zoo_url(arch: str, metric: str) -> str | None:
     """The URL of CompressAI's released weights for a family (None where it released none)."""
     zoo = FAMILIES[arch].zoo
     return image_vbr.model_urls.get(zoo, {}).get(metric) if zoo else None
-
-
-def load_released(codec: nn.Module, arch: str, metric: str) -> nn.Module:
-    """CompressAI's released weights into `codec`, strictly, through torch hub (its cache first)."""
-    from rnic.codecs import load_codec_state  # the registry imports this module
-
-    state = torch.hub.load_state_dict_from_url(zoo_url(arch, metric), progress=False, map_location="cpu")
-    state.pop("QuantOffset", None)  # an unused entry of the released files (CompressAI drops it too)
-    load_codec_state(codec, state)
-    return codec

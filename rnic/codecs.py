@@ -13,7 +13,7 @@ from compressai.zoo import image as zoo_image
 from compressai.zoo.pretrained import load_pretrained
 from torch import nn
 
-from rnic.codec_families import FAMILIES, load_released, zoo_url
+from rnic.codec_families import FAMILIES, zoo_url
 
 # The entropy coder's modules (variable-rate ones are not EntropyModels), whose tables change size.
 ENTROPY_MODELS = (EntropyModel, EntropyModelVbr)
@@ -318,4 +318,12 @@ def load_weights(codec: nn.Module, path: str | Path) -> nn.Module:
             f"model.weights={str(path)!r} does not fit {type(codec).__name__} as configured "
             f"(check model= and model.N/model.M): {detail}"
         ) from None
+    return codec
+
+
+def load_released(codec: nn.Module, arch: str, metric: str) -> nn.Module:
+    """CompressAI's released weights into `codec`, strictly, through torch hub (its cache first)."""
+    state = torch.hub.load_state_dict_from_url(zoo_url(arch, metric), progress=False, map_location="cpu")
+    state.pop("QuantOffset", None)  # an unused entry of the released files (CompressAI drops it too)
+    load_codec_state(codec, state)
     return codec
