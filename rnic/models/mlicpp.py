@@ -37,6 +37,7 @@ from rnic.models.mlicpp_layers import (
     LocalContext,
     SynthesisTransform,
 )
+from rnic.models.rans import coder_tables
 
 
 class StraightThroughRounding:
@@ -214,7 +215,7 @@ class MLICPlusPlus(CompressionModel):
 
             self._decode_slices(self.h_s(z_hat[image : image + 1]), code)
             encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(symbols, indexes, *self._cdfs())
+            encoder.encode_with_indexes(symbols, indexes, *coder_tables(self.gaussian_conditional))
             y_strings.append(encoder.flush())
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
@@ -229,17 +230,9 @@ class MLICPlusPlus(CompressionModel):
                 squeeze = getattr(checkerboard, f"squeeze_{half}")
                 scales, means = squeeze(scales), squeeze(means)
                 indexes = self.gaussian_conditional.build_indexes(scales).reshape(-1).tolist()
-                values = decoder.decode_stream(indexes, *self._cdfs())
+                values = decoder.decode_stream(indexes, *coder_tables(self.gaussian_conditional))
                 rounded = torch.tensor(values, dtype=means.dtype, device=means.device).reshape(means.shape)
                 return getattr(checkerboard, f"unsqueeze_{half}")(rounded + means)
 
             y_hats.append(self._decode_slices(self.h_s(z_hat[image : image + 1]), code)[0])
         return {"x_hat": self.g_s(torch.cat(y_hats))}
-
-    def _cdfs(self) -> tuple[list, list, list]:
-        gc = self.gaussian_conditional
-        return (
-            gc.quantized_cdf.tolist(),
-            gc.cdf_length.reshape(-1).int().tolist(),
-            gc.offset.reshape(-1).int().tolist(),
-        )

@@ -36,6 +36,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from rnic.attacks.proxy import is_proxied
+from rnic.models.rans import coder_tables
 from rnic.models.swin import SwinPair, TransformerBlock
 
 # Lagrange multipliers of the authors' released MSE checkpoints (N=64), by quality 1..6 (their README).
@@ -258,14 +259,6 @@ class TCM(CompressionModel):
         x_hat = self.g_s(torch.cat(y_hat_slices, dim=1))
         return {"x_hat": x_hat, "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods}}
 
-    def coder_tables(self) -> tuple[list, list, list]:
-        conditional = self.gaussian_conditional
-        return (
-            conditional.quantized_cdf.tolist(),
-            conditional.cdf_length.reshape(-1).int().tolist(),
-            conditional.offset.reshape(-1).int().tolist(),
-        )
-
     def compress(self, x: Tensor) -> dict:
         """One y stream per image (its slices in order, each channel-major) and one z stream per image."""
         y = self.g_a(x)
@@ -289,7 +282,9 @@ class TCM(CompressionModel):
         y_strings = []
         for image_symbols, image_indexes in zip(symbols, indexes, strict=True):
             encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(image_symbols, image_indexes, *self.coder_tables())
+            encoder.encode_with_indexes(
+                image_symbols, image_indexes, *coder_tables(self.gaussian_conditional)
+            )
             y_strings.append(encoder.flush())
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
@@ -300,7 +295,7 @@ class TCM(CompressionModel):
         for y_string in strings[0]:
             decoders.append(RansDecoder())
             decoders[-1].set_stream(y_string)
-        tables = self.coder_tables()
+        tables = coder_tables(self.gaussian_conditional)
         y_hat_slices = []
         for index in range(self.num_slices):
             means, scales, mean_support = self.slice_parameters(
