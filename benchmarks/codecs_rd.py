@@ -1,17 +1,23 @@
-"""Clean rate-distortion of rnic's shipped CPU codecs against JPEG and WebP on the sample val photos.
+"""Clean rate-distortion of one of rnic's shipped CPU codecs against JPEG and WebP on the sample val photos.
 
 Each val photo (256x256 centre crop, as `data=sample` validates) is coded for real by each shipped rate
-point; JPEG and WebP code the same image at the highest quality whose real rate is within that image's
-learned rate (per image, so that rate allocation across images does not decide). Prints per-point means,
-the gains, and BD-PSNR / BD-rate over the rate points; writes rate_distortion.png and codecs_rd.json.
+point (those whose weights exist); JPEG and WebP code the same image at the highest quality whose real
+rate is within that image's learned rate (per image, so that rate allocation across images does not
+decide). Prints per-point means, the gains, and BD-PSNR / BD-rate over the rate points; writes
+rate_distortion.png and codecs_rd.json.
 
-    python benchmarks/codecs_rd.py [--out DIR] [--ship RUN [RUN ...]]
+    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|elic_cpu] [--out DIR] [--ship RUN ...]
+        [--weights-dir DIR]
 
 --ship: first write the shipped weights (rnic/weights/<arch>-mse-q<quality>.pth, the codec's state dict) from
-the best checkpoint of each training run folder (its quality read from its config.yaml), then, after the
-benchmark, each file's card (<file>.json beside it): architecture, widths, lambda, data, steps, wall time,
-command, the val learning curve, clean RD and the classical figures at the same rate, SHA-256. The other
+the best checkpoint of each training run folder (its quality: the rate point whose lambda the run trained
+with; the checkpoint must load into --arch at its shipped widths), then, after the benchmark, each file's
+card (<file>.json beside it): architecture, widths, lambda, data, steps, wall time, command, the val
+learning curve, clean RD and the classical figures at the same rate, SHA-256. The other
 rate points keep their weights and cards. learning_curves.png is drawn from the cards that hold a curve.
+--weights-dir: read and write the shipped files there instead of rnic/weights/ (a dry run of --ship).
+
+    python benchmarks/codecs_rd.py --arch elic_cpu --ship RUN_Q1 RUN_Q2 RUN_Q3
 """
 
 from __future__ import annotations
@@ -28,17 +34,24 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
-from rnic import rd
+from rnic import codecs, rd
 from rnic.card import portable, versions
 from rnic.classical import LABELS, REFERENCES, matched_reference
-from rnic.codecs import SHIPPED, WEIGHTS_DIR, build_codec, qualities, read_codec_state, shipped_weights
+from rnic.codecs import (
+    SHIPPED,
+    build_codec,
+    load_weights,
+    qualities,
+    rd_lambda,
+    read_codec_state,
+    shipped_weights,
+)
 from rnic.coding import compress_decompress
 from rnic.config import file_sha256
 from rnic.data import SampleImages, read_image
 from rnic.io import atomic_write, write_json, write_png
 from rnic.report.bd import bd_psnr, bd_rate
 
-ARCH = "bmshj2018_hyperprior_cpu"
 CROP = 256
 
 
@@ -47,9 +60,9 @@ def val_photos() -> tuple[list[str], torch.Tensor]:
     return [p.stem for p in paths], torch.stack([v2.CenterCrop(CROP)(read_image(p)) for p in paths])
 
 
-def rate_point(quality: int, x: torch.Tensor) -> dict:
-    codec = build_codec(ARCH, quality=quality, pretrained=True).eval()
-    codec.update(force=True)
+def rate_point(codec: torch.nn.Module, quality: int, x: torch.Tensor) -> dict:
+    """One rate point's real bitstreams of `x` and JPEG's and WebP's per image at the same rate."""
+    codec.eval().update(force=True)
     x_hat, bpp = compress_decompress(codec, x)
     learned = {"psnr": rd.psnr(x_hat, x).tolist(), "bpp": bpp.tolist()}
     return {"quality": quality, "learned": learned, **matched_reference(x, learned["bpp"])}
@@ -68,11 +81,24 @@ def bd(points: list[dict], anchor: str) -> tuple[float, float]:
     return bd_psnr(*curve[anchor], *curve["learned"]), bd_rate(*curve[anchor], *curve["learned"])
 
 
-def figure(points: list[dict], names: list[str]) -> Figure:
+def shipped_points(arch: str, x: torch.Tensor) -> list[dict]:
+    """The rate points of `arch` whose weights ship (in the weights folder), each coded for real."""
+    points = []
+    for quality in qualities(arch):
+        try:
+            codec = build_codec(arch, quality=quality, pretrained=True)
+        except FileNotFoundError as err:
+            print(f"skipped: {err}")
+            continue
+        points.append(rate_point(codec, quality, x))
+    return points
+
+
+def figure(points: list[dict], names: list[str], arch: str) -> Figure:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     axis = fig.subplots()
     for key, style in (("learned", "o-"), *((r, "s--") for r in REFERENCES)):
-        label = f"{ARCH} (shipped)" if key == "learned" else f"{LABELS[key]}, same rate per image"
+        label = f"{arch} (shipped)" if key == "learned" else f"{LABELS[key]}, same rate per image"
         axis.plot(
             [mean(p[key]["bpp"]) for p in points], [mean(p[key]["psnr"]) for p in points], style, label=label
         )
@@ -86,8 +112,18 @@ def figure(points: list[dict], names: list[str]) -> Figure:
     return fig
 
 
-def run_quality(run: Path) -> int:
-    return int(OmegaConf.load(run / "config.yaml").model.quality)
+def run_quality(run: Path, arch: str) -> int:
+    """The rate point of `arch` a training run trained: the one whose lambda it trained with."""
+    config = OmegaConf.load(run / "config.yaml")
+    lmbda = config.module.lmbda
+    if lmbda is None:  # the lambda of the run's own quality
+        lmbda = rd_lambda("mse", config.model.quality, config.module.get("arch"))
+    table = SHIPPED[arch]["lambdas"]["mse"]
+    if lmbda not in table:
+        raise SystemExit(
+            f"error: {run} trained with lambda {lmbda}, no rate point of {arch} (lambdas {list(table)})"
+        )
+    return table.index(lmbda) + 1
 
 
 def val_curve(run: Path) -> dict[str, list[float]]:
@@ -106,23 +142,34 @@ def started_from(weights: str | None, shipped_from: dict[str, str]) -> str | Non
     if not weights:
         return None
     path = Path(weights).resolve()
-    if path.parent == WEIGHTS_DIR.resolve():
+    if path.parent == codecs.WEIGHTS_DIR.resolve():
         return path.name
     return shipped_from.get(str(path), f"run {path.parent.parent.name} (not shipped): {weights}")
 
 
-def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str]) -> dict:
+def architecture(arch: str) -> dict:
+    """A shipped codec's architecture as its cards record it: the zoo name or codec family, the widths and
+    a family's own settings."""
+    spec = SHIPPED[arch]
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.get("options", {}).items()}
+    return {
+        "architecture": spec.get("zoo") or spec["family"],
+        "widths": {"N": spec["widths"][0], "M": spec["widths"][1]},
+        **({"settings": settings} if settings else {}),
+    }
+
+
+def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str], arch: str) -> dict:
     """A shipped weights file's card, from the training run that made it."""
     config = OmegaConf.load(run / "config.yaml")
     final = json.loads((run / "final_metrics.json").read_text())
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
-    quality = int(config.model.quality)
-    path = shipped_weights(ARCH, "mse", quality)
+    quality = point["quality"]
+    path = shipped_weights(arch, "mse", quality)
     return {
         "file": path.name,
         "sha256": file_sha256(path),
-        "architecture": SHIPPED[ARCH]["zoo"],
-        "widths": {"N": SHIPPED[ARCH]["widths"][0], "M": SHIPPED[ARCH]["widths"][1]},
+        **architecture(arch),
         "quality": quality,
         "lmbda": final.get("lmbda") or config.module.lmbda,
         "metric": "mse",
@@ -144,7 +191,7 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str])
     }
 
 
-def learning_curves(cards: dict[int, dict]) -> Figure:
+def learning_curves(cards: dict[int, dict], arch: str) -> Figure:
     """Val RD loss and decoded PSNR against the optimizer step, per rate point whose card holds its curve."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_axis, psnr_axis = fig.subplots(1, 2)
@@ -157,13 +204,19 @@ def learning_curves(cards: dict[int, dict]) -> Figure:
     for axis in (loss_axis, psnr_axis):
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.suptitle(f"{ARCH}: learning curves of the shipped rate points")
+    fig.suptitle(f"{arch}: learning curves of the shipped rate points")
     return fig
 
 
-def ship(checkpoint: Path, target: Path) -> None:
-    """The codec's weights of an rnic checkpoint as a plain state dict (what `load_weights` reads)."""
+def ship(checkpoint: Path, arch: str, quality: int) -> None:
+    """The codec's weights of an rnic checkpoint as a plain state dict (what `load_weights` reads), refused
+    unless they load into `arch` as shipped (its widths and settings)."""
+    try:
+        load_weights(build_codec(arch, quality=quality), checkpoint)
+    except ValueError as err:
+        raise SystemExit(f"error: {checkpoint} is not a checkpoint of {arch}: {err}") from None
     state, _ = read_codec_state(checkpoint)
+    target = codecs.WEIGHTS_DIR / f"{arch}-mse-q{quality}.pth"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda tmp: torch.save(state, tmp))
     print(f"shipped {checkpoint} as {target}")
@@ -173,20 +226,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--arch", default="bmshj2018_hyperprior_cpu", choices=list(SHIPPED))
     parser.add_argument("--out", type=Path, default=Path("benchmark_codecs"))
     parser.add_argument("--ship", type=Path, nargs="*", default=[], help="training run folders to ship")
+    parser.add_argument("--weights-dir", type=Path, help="the shipped files' folder (default rnic/weights)")
     args = parser.parse_args()
-    runs = {run_quality(run): run for run in args.ship}
+    arch = args.arch
+    if args.weights_dir is not None:
+        codecs.WEIGHTS_DIR = args.weights_dir.resolve()
+    runs = {run_quality(run, arch): run for run in args.ship}
     # Where a run started from another run that ships in the same call, its card names the shipped file.
+    # A run's quality q names its file, whether or not that exists yet.
     shipped_from = {
-        str((run / "checkpoints" / "best.ckpt").resolve()): shipped_weights(ARCH, "mse", q).name
-        for q, run in runs.items()
+        str((run / "checkpoints" / "best.ckpt").resolve()): f"{arch}-mse-q{q}.pth" for q, run in runs.items()
     }
     for quality, run in runs.items():
-        ship(run / "checkpoints" / "best.ckpt", WEIGHTS_DIR / f"{ARCH}-mse-q{quality}.pth")
+        ship(run / "checkpoints" / "best.ckpt", arch, quality)
     names, x = val_photos()
-    points = [rate_point(q, x) for q in qualities(ARCH)]
-    print(f"{ARCH} on the sample val photos ({CROP}x{CROP}), real bitstreams;")
+    points = shipped_points(arch, x)
+    print(f"{arch} on the sample val photos ({CROP}x{CROP}), real bitstreams;")
     print("JPEG and WebP per image at the highest quality within its learned rate")
     print(
         f"{'quality':>7} {'bpp':>6} {'PSNR':>6} {'JPEG':>6} {'gain':>6} {'WebP':>6} {'gain':>6}"
@@ -205,7 +263,7 @@ def main() -> None:
             f"{learned - jpeg:>+6.2f} {webp:>6.2f} {learned - webp:>+6.2f}   {per_image}"
         )
     summary = {}
-    for anchor in REFERENCES:
+    for anchor in REFERENCES if len(points) > 1 else ():  # a curve needs two rate points
         psnr, rate = bd(points, anchor)
         # BD-rate integrates over the PSNR range both curves cover; there may be none.
         rate = rate if math.isfinite(rate) else None
@@ -214,17 +272,19 @@ def main() -> None:
         print(f"BD-PSNR vs {anchor}: {psnr:+.2f} dB, BD-rate {shown}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "codecs_rd.json", {"images": names, "points": points, "bd": summary})
-    write_png(args.out / "rate_distortion.png", figure(points, names), dpi=90)
+    write_png(args.out / "rate_distortion.png", figure(points, names, arch), dpi=90)
     print(f"outputs in {args.out}")
+    by_quality = {p["quality"]: p for p in points}
     for quality, run in runs.items():
-        path = shipped_weights(ARCH, "mse", quality).with_suffix(".json")
-        write_json(path, portable(card(points[quality - 1], run, names, shipped_from), run))
+        path = shipped_weights(arch, "mse", quality).with_suffix(".json")
+        write_json(path, portable(card(by_quality[quality], run, names, shipped_from, arch), run))
         print(f"card: {path}")
     cards = {
-        q: json.loads(shipped_weights(ARCH, "mse", q).with_suffix(".json").read_text())
-        for q in qualities(ARCH)
+        q: json.loads(path.read_text())
+        for q in by_quality
+        if (path := shipped_weights(arch, "mse", q).with_suffix(".json")).is_file()
     }
-    write_png(args.out / "learning_curves.png", learning_curves(cards), dpi=90)
+    write_png(args.out / "learning_curves.png", learning_curves(cards, arch), dpi=90)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ operating points, and loading of pretrained or local weights."""
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,12 +38,19 @@ ARCHITECTURES = {
 }
 
 
-# Codecs that rnic trains on a CPU and ships inside the package (`rnic/weights/`), by config name:
-# the zoo architecture they use, their widths (N, M) and their lambda per quality (low, middle, high rate).
+# Codecs that rnic trains on a CPU and ships inside the package (`rnic/weights/`), by config name: the
+# zoo architecture or codec family (`rnic.codec_families`) they use, their widths (N, M), a family's own
+# settings, and their lambda per quality (low, middle, high rate).
 SHIPPED = {
     "bmshj2018_hyperprior_cpu": {
         "zoo": "bmshj2018-hyperprior",
         "widths": (64, 96),
+        "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
+    },
+    "elic_cpu": {
+        "family": "elic",
+        "widths": (64, 96),
+        "options": {"variant": "official", "groups": (8, 8, 16, 32, 32)},
         "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
     },
 }
@@ -146,10 +154,10 @@ def build_codec(
     """
     if arch in FAMILIES:
         return build_family(arch, quality, metric, pretrained, N, M, robust, options)
+    if arch in SHIPPED:
+        return build_shipped(arch, quality, metric, pretrained, N, M, robust, options)
     if options:
         raise ValueError(f"model.{next(iter(options))} is not a setting of model={arch}")
-    if arch in SHIPPED:
-        return build_shipped(arch, quality, metric, pretrained, N, M, robust)
     if robust:
         raise ValueError(f"model.robust={robust}: rnic ships robust weights only for {', '.join(SHIPPED)}")
     name = zoo_name(arch)
@@ -177,9 +185,26 @@ def build_codec(
 
 
 def build_shipped(
-    arch: str, quality: int, metric: str, pretrained: bool, N: int | None, M: int | None, robust: str | None
+    arch: str,
+    quality: int,
+    metric: str,
+    pretrained: bool,
+    N: int | None,
+    M: int | None,
+    robust: str | None,
+    options: dict | None = None,
 ):
+    """A shipped CPU codec (`SHIPPED`): its architecture at its widths and settings (null ones: the shipped
+    ones), with the shipped weights of `quality` if `pretrained`."""
     spec = SHIPPED[arch]
+    shipped_options = spec.get("options", {})
+    unknown = sorted(set(options or {}) - set(shipped_options))
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not a setting of model={arch}")
+    settings = {
+        key: (shipped if (options or {}).get(key) is None else options[key])
+        for key, shipped in shipped_options.items()
+    }
     if robust and not pretrained:
         raise ValueError(f"model.robust={robust} names shipped weights: it needs model.pretrained=true")
     check_metric(metric)
@@ -193,8 +218,23 @@ def build_shipped(
             f"model.N/model.M={widths} cannot be combined with model.pretrained=true: "
             f"{arch} was trained with widths {spec['widths']}"
         )
-    codec = zoo_image.model_architectures[spec["zoo"]](*widths)
+    for key, shipped in shipped_options.items():
+        if pretrained and _plain(settings[key]) != _plain(shipped):
+            raise ValueError(
+                f"model.{key}={_plain(settings[key])} cannot be combined with model.pretrained=true: "
+                f"{arch} was trained with model.{key}={_plain(shipped)}"
+            )
+    if "family" in spec:
+        codec = FAMILIES[spec["family"]].make(*widths, **settings)
+    else:
+        codec = zoo_image.model_architectures[spec["zoo"]](*widths)
     return load_weights(codec, shipped_weights(arch, metric, quality, robust)) if pretrained else codec
+
+
+def _plain(value):
+    """A setting as a plain value (a config list or a tuple as a list), to compare and to print."""
+    is_list = isinstance(value, Sequence) and not isinstance(value, str)
+    return [_plain(v) for v in value] if is_list else value
 
 
 def build_family(
@@ -225,9 +265,11 @@ def build_family(
                 f"model={arch} model.pretrained=true: rnic downloads no weights; {family.weights_source}"
             )
         if family.zoo is None:
+            shipped = [name for name, spec in SHIPPED.items() if spec.get("family") == arch]
+            also = f"; rnic ships it at CPU widths: model={shipped[0]}" if shipped else ""
             raise ValueError(
-                f"model.pretrained=true: CompressAI ships no weights for model={arch}; train it or load a "
-                "CompressAI or rnic state dict with model.weights=<file>"
+                f"model.pretrained=true: CompressAI ships no weights for model={arch}{also}; train it or "
+                "load a CompressAI or rnic state dict with model.weights=<file>"
             )
         if zoo_url(arch, metric) is None:
             raise ValueError(f"model.pretrained=true: CompressAI ships no {metric} weights for model={arch}")

@@ -41,4 +41,13 @@ def choosable_groups() -> str:
     return "\n".join(f"{group}: {', '.join(config_group(group))}" for group in groups)
 
 
+def if_then_else(condition, then, otherwise):
+    """`${rnic_if:CONDITION,THEN,ELSE}`: a config value chosen by a boolean setting (e.g. the codec that
+    `model.pretrained=true` loads)."""
+    if not isinstance(condition, bool):
+        raise ValueError(f"rnic_if needs a boolean condition, got {condition!r}")
+    return then if condition else otherwise
+
+
 OmegaConf.register_new_resolver("rnic_choosable_groups", choosable_groups, replace=True)
+OmegaConf.register_new_resolver("rnic_if", if_then_else, replace=True)

@@ -81,7 +81,7 @@ def tiny_widths(overrides) -> list[str]:
     MLIC++ slices y in parts of at least 32; TCM's attention heads must divide their channels)."""
     if any(o.startswith("model=cheng2020") for o in overrides):
         return ["model.N=16"]
-    if "model=elic" in overrides:
+    if "model=elic" in overrides or "model=elic_cpu" in overrides:
         return ["model.N=16", "model.M=32", "model.groups=[4,4,8,16]"]
     if "model=mlicpp" in overrides:
         return ["model.N=16", "model.M=64", "model.slice_num=2"]

@@ -1,0 +1,129 @@
+"""Shipping a CPU codec (benchmarks/codecs_rd.py --ship) and loading it offline: the CPU ELIC
+(`model=elic_cpu`, and `model=elic model.pretrained=true`) from the package's weights folder, and a training
+run shipped with a card whose figures are the bitstreams the shipped file codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rnic import codecs
+from rnic.codecs import SHIPPED, build_codec, rd_lambda, shipped_weights
+from rnic.coding import compress_decompress
+from rnic.config import build, codec_from_config, file_sha256
+from rnic.training import train
+from tests.conftest import ROOT, compose_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import codecs_rd  # noqa: E402  (a script beside the tests' package, as benchmarks import each other)
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch) -> Path:
+    """An empty shipped-weights folder in place of rnic/weights/."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setattr(codecs, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def untrained_elic_cpu(weights_dir: Path, quality: int) -> dict[str, torch.Tensor]:
+    """Weights of the CPU ELIC's shape (its entropy tables built) saved as its shipped file."""
+    torch.manual_seed(quality)
+    codec = build_codec("elic_cpu", quality=quality)
+    codec.update(force=True)
+    state = codec.state_dict()
+    torch.save(state, weights_dir / f"elic_cpu-mse-q{quality}.pth")
+    return state
+
+
+@pytest.mark.parametrize("model", ["model=elic", "model=elic_cpu"])
+@pytest.mark.parametrize("entry", ["attack", "train"])
+def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weights_dir, model, entry):
+    # CompressAI released no ELIC weights: model=elic model.pretrained=true is rnic's CPU ELIC, whose
+    # quality 2 trained at lambda 0.0067 (not ELIC's own ladder, where quality 2 is 0.0008).
+    state = untrained_elic_cpu(weights_dir, 2)
+    cfg = compose_config(tmp_path, model, "model.pretrained=true", "model.quality=2", config_name=entry)
+    codec = codec_from_config(cfg)
+    assert (type(codec).__name__, codec.groups) == ("Elic2022Official", [8, 8, 16, 32, 32])
+    loaded = codec.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    path = weights_dir / "elic_cpu-mse-q2.pth"
+    assert (cfg.model.pretrained_file, cfg.model.pretrained_sha256) == (str(path), file_sha256(path))
+    if entry == "train":
+        assert build(cfg.module, codec=codec).lmbda == 0.0067
+    # Without pretrained weights model=elic is ELIC's own ladder at CompressAI's widths.
+    if model == "model=elic":
+        cfg = compose_config(tmp_path, model, "model.quality=2", config_name=entry)
+        assert cfg.model.codec.arch == "elic" and rd_lambda("mse", 2, cfg.model.codec.arch) == 0.0008
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.quality=5"], "model.quality=5 is out of range for elic_cpu; choose 1..3"),
+        (["model.quality=2", "model.N=32"], "model.N/model.M=(32, 96) cannot be combined with model.pretr"),
+        (["model.quality=2", "model.variant=chandelier"], "model.variant=chandelier cannot be combined"),
+        (["model.quality=2", "model.groups=[16,16,32,32]"], r"model.groups=\[16, 16, 32, 32\] cannot be"),
+        (["model.quality=1"], "rnic ships no such weights (shipped: elic_cpu-mse-q2.pth)"),
+    ],
+)
+def test_elic_pretrained_settings_it_was_not_trained_with_are_refused(
+    tmp_path, weights_dir, overrides, message
+):
+    untrained_elic_cpu(weights_dir, 2)
+    cfg = compose_config(tmp_path, "model=elic", "model.pretrained=true", *overrides, config_name="attack")
+    with pytest.raises(
+        (ValueError, FileNotFoundError), match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
+        codec_from_config(cfg)
+
+
+def test_elic_without_rnics_config_names_the_shipped_cpu_elic():
+    with pytest.raises(ValueError, match="CompressAI ships no weights for model=elic; rnic ships it at CPU "
+                       "widths: model=elic_cpu"):  # fmt: skip
+        build_codec("elic", pretrained=True)
+
+
+def test_a_shipped_run_codes_the_bitstreams_its_card_records(tiny_cfg, tmp_path, weights_dir, monkeypatch):
+    # A tiny hyperprior trained at the middle lambda of a shipped codec of its shape ships as that codec's
+    # quality 2, whatever model.quality the run had: its file loads offline and codes the val photos to
+    # exactly the bytes its card records; a checkpoint of another shape is refused.
+    spec = {"zoo": "bmshj2018-hyperprior", "widths": (16, 24), "lambdas": {"mse": (0.0025, 0.0067, 0.018)}}
+    monkeypatch.setitem(SHIPPED, "hyperprior_tiny", spec)
+    overrides = ["model=bmshj2018_hyperprior", "model.lmbda=0.0067", "model.quality=5"]
+    cfg = tiny_cfg(*overrides)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))  # as Hydra records them
+    out = tmp_path / "benchmark"
+    ship = ["codecs_rd.py", "--arch", "hyperprior_tiny", "--ship", str(run), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ship)
+    codecs_rd.main()
+    path = shipped_weights("hyperprior_tiny", "mse", 2)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == file_sha256(path) and card["quality"] == 2 and card["lmbda"] == 0.0067
+    assert card["architecture"] == "bmshj2018-hyperprior" and card["widths"] == {"N": 16, "M": 24}
+    assert card["command"] == "python train.py " + " ".join(overrides) and card["learning_curve"]["step"]
+    codec = build_codec("hyperprior_tiny", quality=2, pretrained=True).eval()
+    codec.update(force=True)
+    _, bpp = compress_decompress(codec, codecs_rd.val_photos()[1])
+    assert bpp.tolist() == card["clean"]["learned"]["bpp"]
+    assert [p["quality"] for p in json.loads((out / "codecs_rd.json").read_text())["points"]] == [2]
+    monkeypatch.setattr(sys, "argv", ["codecs_rd.py", "--arch", "elic_cpu", "--ship", str(run)])
+    with pytest.raises(SystemExit, match="is not a checkpoint of elic_cpu"):
+        codecs_rd.main()
+
+
+def test_an_elic_card_records_its_family_and_channel_groups():
+    assert codecs_rd.architecture("elic_cpu") == {
+        "architecture": "elic",
+        "widths": {"N": 64, "M": 96},
+        "settings": {"variant": "official", "groups": [8, 8, 16, 32, 32]},
+    }
