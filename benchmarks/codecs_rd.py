@@ -44,6 +44,7 @@ from rnic.codecs import (
     qualities,
     rd_lambda,
     read_codec_state,
+    shipped_architecture,
     shipped_weights,
 )
 from rnic.coding import compress_decompress
@@ -147,18 +148,6 @@ def started_from(weights: str | None, shipped_from: dict[str, str]) -> str | Non
     return shipped_from.get(str(path), f"run {path.parent.parent.name} (not shipped): {weights}")
 
 
-def architecture(arch: str) -> dict:
-    """A shipped codec's architecture as its cards record it: the zoo name or codec family, the widths and
-    a family's own settings."""
-    spec = SHIPPED[arch]
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.get("options", {}).items()}
-    return {
-        "architecture": spec.get("zoo") or spec["family"],
-        "widths": {"N": spec["widths"][0], "M": spec["widths"][1]},
-        **({"settings": settings} if settings else {}),
-    }
-
-
 def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str], arch: str) -> dict:
     """A shipped weights file's card, from the training run that made it."""
     config = OmegaConf.load(run / "config.yaml")
@@ -169,7 +158,7 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str],
     return {
         "file": path.name,
         "sha256": file_sha256(path),
-        **architecture(arch),
+        **shipped_architecture(arch),
         "quality": quality,
         "lmbda": final.get("lmbda") or config.module.lmbda,
         "metric": "mse",

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from rnic import rd
 from rnic.card import portable, versions
-from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
+from rnic.codecs import build_codec, load_weights, read_codec_state, shipped_architecture, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
 from rnic.data import SampleImages, read_image
@@ -94,8 +94,7 @@ def card(run: Path, control: Path, target: Path) -> dict:
     return {
         "file": target.name,
         "sha256": file_sha256(target),
-        "architecture": SHIPPED[arch]["zoo"],
-        "widths": {"N": SHIPPED[arch]["widths"][0], "M": SHIPPED[arch]["widths"][1]},
+        **shipped_architecture(arch),
         "quality": int(config.model.quality),
         "lmbda": final["lmbda"],
         "metric": "mse",

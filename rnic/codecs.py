@@ -72,6 +72,18 @@ def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = N
     return path
 
 
+def shipped_architecture(arch: str) -> dict:
+    """A shipped codec's architecture as its cards record it: the zoo name or codec family, the widths and
+    a family's own settings."""
+    spec = SHIPPED[arch]
+    settings = {k: _plain(v) for k, v in spec.get("options", {}).items()}
+    return {
+        "architecture": spec.get("zoo") or spec["family"],
+        "widths": {"N": spec["widths"][0], "M": spec["widths"][1]},
+        **({"settings": settings} if settings else {}),
+    }
+
+
 def pretrained_file(arch: str, metric: str, quality: int, robust: str | None = None) -> Path | None:
     """Where `model.pretrained=true` weights come from: the shipped file of a CPU codec, or CompressAI's
     download in torch hub's cache (None until it has been downloaded)."""

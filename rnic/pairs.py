@@ -83,21 +83,25 @@ def add_classical_reference(records: list[dict], x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
+def coding_time(coder: torch.nn.Module, image: torch.Tensor) -> tuple[float, float]:
+    """Real encode and decode wall time [s] of one image (a batch of one), each the median of repeats."""
+    padded, _ = rd.pad(image.to(device_of(coder)), rd.stride(coder))
+    encode, decode = [], []
+    for _ in range(CODING_REPEATS):
+        started = time.perf_counter()
+        encoded = coder.compress(padded)
+        encode.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        coder.decompress(encoded["strings"], encoded["shape"])
+        decode.append(time.perf_counter() - started)
+    return float(np.median(encode)), float(np.median(decode))
+
+
 def coding_times(coder: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict:
     """Real encode and decode wall time of one image and its adversarial version (median of repeats)."""
     times = {}
     for kind, image in (("clean", x), ("adv", x_adv)):
-        padded, _ = rd.pad(image.to(device_of(coder)), rd.stride(coder))
-        encode, decode = [], []
-        for _ in range(CODING_REPEATS):
-            started = time.perf_counter()
-            encoded = coder.compress(padded)
-            encode.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            coder.decompress(encoded["strings"], encoded["shape"])
-            decode.append(time.perf_counter() - started)
-        times[f"encode_s_{kind}"] = float(np.median(encode))
-        times[f"decode_s_{kind}"] = float(np.median(decode))
+        times[f"encode_s_{kind}"], times[f"decode_s_{kind}"] = coding_time(coder, image)
     return times
 
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rnic import codecs
-from rnic.codecs import SHIPPED, build_codec, rd_lambda, shipped_weights
+from rnic.codecs import SHIPPED, build_codec, rd_lambda, shipped_architecture, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import build, codec_from_config, file_sha256
 from rnic.training import train
@@ -122,7 +122,7 @@ def test_a_shipped_run_codes_the_bitstreams_its_card_records(tiny_cfg, tmp_path,
 
 
 def test_an_elic_card_records_its_family_and_channel_groups():
-    assert codecs_rd.architecture("elic_cpu") == {
+    assert shipped_architecture("elic_cpu") == {
         "architecture": "elic",
         "widths": {"N": 64, "M": 96},
         "settings": {"variant": "official", "groups": [8, 8, 16, 32, 32]},
