@@ -113,11 +113,12 @@ def against_recipe(codec, x: torch.Tensor, scale: float = 1.0) -> dict:
     measured = {}
     for name in ("auto", "paper recipe"):
         _, vi, psnr, seconds = timed(codec, made[name], x)
-        measured[name] = {"vi": vi, "psnr": psnr, "seconds": seconds}
+        # VI is undefined (None) where no image's reconstruction moved
+        measured[name] = {"vi": rd.finite_or_none(vi), "psnr": psnr, "seconds": seconds}
     auto, recipe = measured["auto"], measured["paper recipe"]
     return {
         **measured,
-        "vi_gain": auto["vi"] - recipe["vi"],
+        "vi_gain": None if None in (auto["vi"], recipe["vi"]) else auto["vi"] - recipe["vi"],
         "time_ratio": auto["seconds"] / recipe["seconds"],
     }
 

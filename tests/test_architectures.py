@@ -1,0 +1,74 @@
+"""benchmarks/architectures.py: its quick mode on two tiny codecs measures each row as attack.py and the
+RD benchmark do, and its per-image BD follows each image's own curve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnic.codecs import build_codec
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import architectures  # noqa: E402  (a script beside the tests' package, as benchmarks import each other)
+
+
+def test_per_image_bd_follows_each_images_own_curve():
+    # Two images, three rate points: the learned curve of image 0 lies 1 dB above JPEG's at the same
+    # rates, image 1's 3 dB above; the mean curves would give one figure for both.
+    rates = [0.2, 0.4, 0.8]
+    points = [
+        {
+            "jpeg": {"bpp": [r, r], "psnr": [20 + 20 * r, 30 + 20 * r]},
+            "learned": {"bpp": [r, r], "psnr": [21 + 20 * r, 33 + 20 * r]},
+        }
+        for r in rates
+    ]
+    found = architectures.per_image_bd(points, "jpeg")
+    assert found["bd_psnr"]["per_image"] == pytest.approx([1.0, 3.0])
+    assert found["bd_psnr"]["spread"]["median"] == pytest.approx(2.0)
+    assert all(rate < 0 for rate in found["bd_rate"]["per_image"])  # better: less rate at equal PSNR
+
+
+def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    rows = {}
+    for name, arch in (("hyperprior", "bmshj2018_hyperprior"), ("factorized", "bmshj2018_factorized")):
+        weights = tmp_path / f"{name}.pth"
+        torch.save(build_codec(arch, N=16, M=24).state_dict(), weights)  # untrained
+        rows[name] = f"model={arch} model.N=16 model.M=24 model.weights={weights}"
+    out = tmp_path / "out"
+    argv = ["architectures.py", "--rows", *(f"--row={name}={template}" for name, template in rows.items())]
+    argv += ["--qualities", "1", "2", "--attack-quality", "2", "--images", "1", "--crop", "64"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--scale", "0.01", "--out", str(out)])
+    architectures.main()
+    measured = json.loads((out / "architectures.json").read_text())["rows"]
+    table = (out / "architectures.md").read_text()
+    assert list(measured) == list(rows)
+    for name, row in measured.items():
+        arch = rows[name].split()[0].removeprefix("model=")
+        assert row["parameters"] == sum(p.numel() for p in build_codec(arch, N=16, M=24).parameters())
+        assert row["encode_s"]["n"] == row["decode_s"]["n"] == 1 and row["encode_s"]["mean"] > 0
+        assert [p["quality"] for p in row["clean"]["points"]] == [1, 2]
+        clean_psnr = row["clean"]["points"][1]["learned"]["psnr"]
+        # six worst cases (three budgets, two selects), each attack.py's run on the attacked rate point's
+        # weights: its clean figures are the RD benchmark's real bitstreams of the same photo
+        assert len(row["worst_case"]) == 6
+        for case in row["worst_case"].values():
+            results = json.loads(Path(case["results"]).read_text())
+            assert (
+                results["key"]["attack"]["select"] == case["select"] and results["key"]["eps"] == case["eps"]
+            )
+            assert case["per_image"]["psnr_clean"] == pytest.approx(clean_psnr, abs=1e-4)
+            assert case["drop"]["mean"] == pytest.approx(
+                case["per_image"]["psnr_clean"][0] - case["per_image"]["psnr_adv"][0]
+            )
+        recipe = row["against_recipe"]
+        assert recipe["time_ratio"] == pytest.approx(
+            recipe["auto"]["seconds"] / recipe["paper recipe"]["seconds"]
+        )
+        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2  # both tables
