@@ -197,6 +197,22 @@ def learning_curves(cards: dict[int, dict], arch: str) -> Figure:
     return fig
 
 
+def shipped_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints of a run that hold the weights it ships: best.ckpt, and last.ckpt where it holds the
+    same weights (a run that started from either started from the shipped file)."""
+    best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return [best]
+    # The range coder's tables are rebuilt from the weights by update() (at each validation): not compared.
+    tables = ("_quantized_cdf", "_offset", "_cdf_length")
+    shipped, final = (
+        {k: v for k, v in read_codec_state(path)[0].items() if not k.endswith(tables)}
+        for path in (best, last)
+    )
+    same = shipped.keys() == final.keys() and all(torch.equal(shipped[k], final[k]) for k in shipped)
+    return [best, last] if same else [best]
+
+
 def ship(checkpoint: Path, arch: str, quality: int) -> None:
     """The codec's weights of an rnic checkpoint as a plain state dict (what `load_weights` reads), refused
     unless they load into `arch` as shipped (its widths and settings)."""
@@ -227,7 +243,9 @@ def main() -> None:
     # Where a run started from another run that ships in the same call, its card names the shipped file.
     # A run's quality q names its file, whether or not that exists yet.
     shipped_from = {
-        str((run / "checkpoints" / "best.ckpt").resolve()): f"{arch}-mse-q{q}.pth" for q, run in runs.items()
+        str(path.resolve()): f"{arch}-mse-q{q}.pth"
+        for q, run in runs.items()
+        for path in shipped_checkpoints(run)
     }
     for quality, run in runs.items():
         ship(run / "checkpoints" / "best.ckpt", arch, quality)
@@ -252,8 +270,12 @@ def main() -> None:
             f"{learned - jpeg:>+6.2f} {webp:>6.2f} {learned - webp:>+6.2f}   {per_image}"
         )
     summary = {}
-    for anchor in REFERENCES if len(points) > 1 else ():  # a curve needs two rate points
-        psnr, rate = bd(points, anchor)
+    for anchor in REFERENCES:
+        try:
+            psnr, rate = bd(points, anchor)
+        except ValueError as err:  # one rate point, or a curve whose PSNR does not rise with its rate
+            print(f"BD vs {anchor}: n/a ({err})")
+            continue
         # BD-rate integrates over the PSNR range both curves cover; there may be none.
         rate = rate if math.isfinite(rate) else None
         summary[anchor] = {"bd_psnr": psnr, "bd_rate": rate}

@@ -17,7 +17,7 @@ from rnic.codecs import SHIPPED, build_codec, rd_lambda, shipped_architecture, s
 from rnic.coding import compress_decompress
 from rnic.config import build, codec_from_config, file_sha256
 from rnic.training import train
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, TINY, compose_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import codecs_rd  # noqa: E402  (a script beside the tests' package, as benchmarks import each other)
@@ -90,32 +90,57 @@ def test_elic_without_rnics_config_names_the_shipped_cpu_elic():
         build_codec("elic", pretrained=True)
 
 
-def test_a_shipped_run_codes_the_bitstreams_its_card_records(tiny_cfg, tmp_path, weights_dir, monkeypatch):
+def test_a_shipped_run_codes_the_bitstreams_its_card_records(tmp_path, weights_dir, monkeypatch):
     # A tiny hyperprior trained at the middle lambda of a shipped codec of its shape ships as that codec's
     # quality 2, whatever model.quality the run had: its file loads offline and codes the val photos to
-    # exactly the bytes its card records; a checkpoint of another shape is refused.
+    # exactly the bytes its card records; a checkpoint of another shape is refused. A run finetuned from
+    # its last.ckpt (the same weights as its best.ckpt: one validation) ships as quality 3, started from
+    # the quality 2 file.
     spec = {"zoo": "bmshj2018-hyperprior", "widths": (16, 24), "lambdas": {"mse": (0.0025, 0.0067, 0.018)}}
     monkeypatch.setitem(SHIPPED, "hyperprior_tiny", spec)
     overrides = ["model=bmshj2018_hyperprior", "model.lmbda=0.0067", "model.quality=5"]
-    cfg = tiny_cfg(*overrides)
-    train(cfg)
-    run = Path(cfg.paths.output_dir)
-    (run / ".hydra").mkdir()
-    (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))  # as Hydra records them
+    runs = {}
+    for name, extra in (("q2", ["trainer.val_check_interval=4"]), ("q3", ["model.lmbda=0.018"])):
+        if name == "q3":
+            extra.append(f"model.weights={runs['q2'] / 'checkpoints' / 'last.ckpt'}")
+        cfg = compose_config(tmp_path / name, *TINY, "model.N=16", "model.M=24", *overrides, *extra)
+        train(cfg)
+        runs[name] = run = Path(cfg.paths.output_dir)
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text(
+            OmegaConf.to_yaml([*overrides, *extra])
+        )  # as Hydra does
+    run = runs["q2"]
     out = tmp_path / "benchmark"
-    ship = ["codecs_rd.py", "--arch", "hyperprior_tiny", "--ship", str(run), "--out", str(out)]
+    ship = [
+        "codecs_rd.py",
+        "--arch",
+        "hyperprior_tiny",
+        "--ship",
+        *map(str, runs.values()),
+        "--out",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", ship)
     codecs_rd.main()
     path = shipped_weights("hyperprior_tiny", "mse", 2)
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(path) and card["quality"] == 2 and card["lmbda"] == 0.0067
     assert card["architecture"] == "bmshj2018-hyperprior" and card["widths"] == {"N": 16, "M": 24}
-    assert card["command"] == "python train.py " + " ".join(overrides) and card["learning_curve"]["step"]
+    command = ["python train.py", *overrides, "trainer.val_check_interval=4"]
+    assert card["command"] == " ".join(command) and card["learning_curve"]["step"]
     codec = build_codec("hyperprior_tiny", quality=2, pretrained=True).eval()
     codec.update(force=True)
     _, bpp = compress_decompress(codec, codecs_rd.val_photos()[1])
     assert bpp.tolist() == card["clean"]["learned"]["bpp"]
-    assert [p["quality"] for p in json.loads((out / "codecs_rd.json").read_text())["points"]] == [2]
+    assert [p["quality"] for p in json.loads((out / "codecs_rd.json").read_text())["points"]] == [2, 3]
+    assert card["started_from"] is None
+    assert (
+        json.loads(shipped_weights("hyperprior_tiny", "mse", 3).with_suffix(".json").read_text())[
+            "started_from"
+        ]
+        == path.name
+    )
     monkeypatch.setattr(sys, "argv", ["codecs_rd.py", "--arch", "elic_cpu", "--ship", str(run)])
     with pytest.raises(SystemExit, match="is not a checkpoint of elic_cpu"):
         codecs_rd.main()
