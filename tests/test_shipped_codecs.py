@@ -12,24 +12,13 @@ from torchvision.transforms import v2
 
 from rnic import rd
 from rnic.card import check_card
-from rnic.codecs import SHIPPED, WEIGHTS_DIR, build_codec, qualities, rd_lambda, shipped_weights
+from rnic.codecs import SHIPPED, build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec, file_sha256
 from rnic.data import SampleImages, read_image
 from tests.conftest import compose_config
 
 ARCH = "bmshj2018_hyperprior_cpu"
-# Shipped codecs whose weights are written after their training (benchmarks/codecs_rd.py --arch ... --ship
-# RUN ...): their tests run once the files are in rnic/weights/.
-AFTER_TRAINING = ("elic_cpu",)
-
-
-def shipped(arch: str):
-    """pytest's parameter `arch`, skipped while its weights are not written yet (AFTER_TRAINING)."""
-    missing = arch in AFTER_TRAINING and not any(WEIGHTS_DIR.glob(f"{arch}-mse-q*.pth"))
-    return pytest.param(arch, marks=pytest.mark.skipif(missing, reason=f"{arch} ships after its training"))
-
-
 def card_of(quality: int, arch: str = ARCH) -> dict:
     return json.loads(shipped_weights(arch, "mse", quality).with_suffix(".json").read_text())
 
@@ -40,7 +29,7 @@ def val_crops() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("quality", qualities(ARCH))
-@pytest.mark.parametrize("arch", [shipped(arch) for arch in SHIPPED])
+@pytest.mark.parametrize("arch", SHIPPED)
 def test_shipped_weights_code_the_bitstreams_their_card_records(arch, quality, val_crops):
     card = card_of(quality, arch)
     assert file_sha256(shipped_weights(arch, "mse", quality)) == card["sha256"]
@@ -52,7 +41,7 @@ def test_shipped_weights_code_the_bitstreams_their_card_records(arch, quality, v
     assert rd.psnr(x_hat, val_crops).tolist() == pytest.approx(card["clean"]["learned"]["psnr"], abs=1e-4)
 
 
-@pytest.mark.parametrize("arch", [shipped(arch) for arch in SHIPPED])
+@pytest.mark.parametrize("arch", SHIPPED)
 def test_the_rate_points_are_ordered(arch):
     cards = [card_of(q, arch) for q in qualities(arch)]
     rates = [c["means"]["learned"]["bpp"] for c in cards]
