@@ -155,7 +155,7 @@ def csv_columns(records: list[dict], mean: dict, defended: bool, certified: bool
     columns = (*columns, *(c for c in (*RATE_COLUMNS, *REFERENCE_COLUMNS) if c in mean))
     columns = (*columns, *(("winner",) if member_table(records) else ()))
     columns = (*columns, *(certificate_columns(records[0]) if certified else ()))
-    return (*columns, *rate_columns(records[0]))
+    return (*columns, *(rate_columns(records[0]) if records else ()))
 
 
 def write_budget(
