@@ -201,6 +201,16 @@ def check_attack_results(results: dict, results_path: Path, card: dict, card_pat
             problems.append(
                 f"{results_path}: its certified means differ from its records or from {card_path}"
             )
+    if "certified_rate" in results:  # the rate certificate's means again from the records
+        from rnic.rate_certificate import rate_means
+
+        if (
+            rate_means(images) != results["certified_rate"]
+            or card.get("certified_rate") != results["certified_rate"]
+        ):
+            problems.append(
+                f"{results_path}: its certified rate means differ from its records or {card_path}"
+            )
     planned = results.get("images_planned", card["data"].get("images_planned"))
     if results.get("complete") is False or (planned is not None and len(images) < planned):
         problems.append(

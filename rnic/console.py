@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rnic import rd
 from rnic.classical import REFERENCES, reference_line
+from rnic.rate_certificate import rate_means, rate_table
 from rnic.smoothing import certificate_table, certified_means
 
 
@@ -87,4 +88,6 @@ def budget_summary(
         lines.append(defense_line(defense, adaptive, mean))
     if certified:
         lines.append(certificate_table(certified_means(records)))
+    if any("certified_rate" in r for r in records):
+        lines.append(rate_table(rate_means(records)))
     return "\n".join(lines)

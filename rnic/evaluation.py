@@ -31,8 +31,9 @@ from rnic.io import atomic_write, write_json
 from rnic.jobs import write_run_record
 from rnic.pairs import add_classical_reference, add_undefended, code_pair, coding_times, ensemble_fields
 from rnic.panels import save_curve, save_panel
+from rnic.rate_certificate import noise_stage, rate_certificate
 from rnic.records import check_key, mean_of, member_table, run_key, write_budget
-from rnic.smoothing import SmoothedCodec, certify_images
+from rnic.smoothing import SmoothedCodec, certified_radii, certify_images
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,17 @@ class Evaluation:
         self.plain_coder = coder_on(self.codec, cfg.coding_device)
 
     def check_certify(self) -> list[float]:
-        """The input radii to certify (certify=true), refused unless the codec is center-smoothed and the
-        attack, if any, is an L2 one (what the certificate bounds)."""
+        """The input radii of center smoothing's certificate (certify=true) and of the noise encoder's rate
+        certificate (certify.rate=true: `self.rate_certificate`, rnic.rate_certificate), refused unless
+        the defense is the certificate's and the attack, if any, is an L2 one (what they bound)."""
         settings = self.cfg.get("certify") or {}
+        self.rate_certificate = rate_certificate(self.cfg)
+        if not settings.get("enabled") and self.rate_certificate is None:
+            return []
+        budgets = certified_radii(settings, self.attacks)
+        if self.rate_certificate is not None:
+            noise_stage(self.coder)
+            self.rate_budgets = budgets
         if not settings.get("enabled"):
             return []
         if not isinstance(self.defended, SmoothedCodec):
@@ -178,16 +187,6 @@ class Evaluation:
                 f"certify=true: {type(self.codec).__name__}'s forward is not what its decoder outputs (a "
                 "context model): the center and its certificate would not be about the decoded image"
             )
-        budgets = [float(eps) for eps in settings.get("eps") or []]
-        if not budgets or any(not eps >= 0 for eps in budgets):
-            raise ValueError(f"certify.eps={list(settings.get('eps') or [])}: give input radii >= 0 (L2)")
-        for attack in self.attacks:
-            threat = getattr(attack, "threat", None)
-            if threat not in (None, "l2"):
-                raise ValueError(
-                    f"attack.threat={threat}: the certificate bounds L2 perturbations (certify.eps); attack "
-                    "with attack.threat=l2 at the same radius (the empirical figure), or attack=none"
-                )
         return budgets
 
     def check_budget_fits_images(self, attack) -> None:
@@ -348,6 +347,8 @@ class Evaluation:
             add_classical_reference(figures, x)
         if self.certify:
             certify_images(self.defended, x, clean_hat, adv_hat, figures, self.certify)
+        if self.rate_certificate is not None:
+            self.rate_certificate.certify_images(self.coder, x, x_adv, figures, self.rate_budgets)
         seconds = (time.perf_counter() - started) / len(indices)
         if getattr(getattr(attack, "objective", None), "kind", None) == "rate":
             for row, record in enumerate(figures):

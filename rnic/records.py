@@ -15,6 +15,7 @@ from rnic.classical import REFERENCES
 from rnic.config import file_sha256
 from rnic.image_sets import image_set
 from rnic.io import write_csv, write_json
+from rnic.rate_certificate import rate_columns, rate_means
 from rnic.smoothing import certificate_columns, certified_means
 
 # The figures of every record (rnic.pairs.code_pair), and the run's time per image.
@@ -153,7 +154,8 @@ def csv_columns(records: list[dict], mean: dict, defended: bool, certified: bool
     columns = ("image", *IMAGE_COLUMNS, *(UNDEFENDED_COLUMNS if defended else ()))
     columns = (*columns, *(c for c in (*RATE_COLUMNS, *REFERENCE_COLUMNS) if c in mean))
     columns = (*columns, *(("winner",) if member_table(records) else ()))
-    return (*columns, *(certificate_columns(records[0]) if certified else ()))
+    columns = (*columns, *(certificate_columns(records[0]) if certified else ()))
+    return (*columns, *(rate_columns(records[0]) if records else ()))
 
 
 def write_budget(
@@ -188,6 +190,8 @@ def write_budget(
     if members:
         results["members"] = members
     certificate = {"certified": certified_means(records)} if certified else {}
+    if any("certified_rate" in r for r in records):  # certify.rate=true (rnic.rate_certificate)
+        certificate["certified_rate"] = rate_means(records)
     write_json(folder / "results.json", {**results, **certificate})
     data = {
         **card["data"],
@@ -197,6 +201,6 @@ def write_budget(
     }
     write_card(folder, {**card, "attack": repr(attack), "complete": status["complete"],
                "data": data, "means": mean, **certificate})  # fmt: skip
-    flat = [{**r, **certificate_columns(r)} for r in records]
+    flat = [{**r, **certificate_columns(r), **rate_columns(r)} for r in records]
     columns = csv_columns(records, mean, defense is not None, certified)
     write_csv(folder / "results.csv", [*flat, {"image": "mean", **mean}], columns)

@@ -177,6 +177,21 @@ class CenterSmoothing(nn.Module):
         return records
 
 
+def certified_radii(settings, attacks) -> list[float]:
+    """certify.eps, checked: radii >= 0, and only L2 attacks (the certificates bound L2 perturbations)."""
+    budgets = [float(eps) for eps in settings.get("eps") or []]
+    if not budgets or any(not eps >= 0 for eps in budgets):
+        raise ValueError(f"certify.eps={list(settings.get('eps') or [])}: give input radii >= 0 (L2)")
+    for attack in attacks:
+        threat = getattr(attack, "threat", None)
+        if threat not in (None, "l2"):
+            raise ValueError(
+                f"attack.threat={threat}: the certificate bounds L2 perturbations (certify.eps); attack "
+                "with attack.threat=l2 at the same radius (the empirical figure), or attack=none"
+            )
+    return budgets
+
+
 def psnr_of_l2(norm: float, values: int) -> float | None:
     """The PSNR (peak 1) of a difference of L2 norm `norm` over `values` samples (None for no difference)."""
     return None if norm <= 0 else 10 * math.log10(values / norm**2)

@@ -56,7 +56,8 @@ def attack_rows(root: Path, skipped: list[str]) -> list[dict]:
         )
         row = {"run": str(folder), "image_set": set_label(images), "seed": config.get("seed"),
                **describe(config), "eps": eps, **defense, **means}  # fmt: skip
-        attacks.append({**row, "certified": data["certified"]} if data.get("certified") else row)
+        certificates = {key: data[key] for key in ("certified", "certified_rate") if data.get(key)}
+        attacks.append({**row, **certificates})
     return attacks
 
 
@@ -197,6 +198,33 @@ def certified_figure(attacks: list[dict]) -> Figure:
                       label=f"{name}: {row['attack']} (empirical)")  # fmt: skip
     axis.set(xlabel="input perturbation, L2 norm", ylabel="smoothed reconstruction PSNR vs clean [dB]",
              title="Certified floor vs empirical attack (center smoothing, real bitstreams)")  # fmt: skip
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return figure
+
+
+def certified_rate_figure(attacks: list[dict]) -> Figure:
+    """The noise encoder's certified rate (certify.rate=true): the bound on the rate's percentile within
+    each input radius, beside the percentile at the clean image and at the attacked one (empirical)."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for row in attacks:
+        points = [c for c in row.get("certified_rate") or [] if c["bpp_bound"] is not None]
+        if not points:
+            continue
+        name = label(row, "codec", "quality", "weights")
+        (line,) = axis.plot([c["eps"] for c in points], [c["bpp_bound"] for c in points], "o-",
+                            label=f"{name}: certified bound")  # fmt: skip
+        for c in points:  # the bound holds for the images that got one: the abstentions beside it
+            axis.annotate(f"{c['abstained']}/{c['images']} abstained", (c["eps"], c["bpp_bound"]),
+                          textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
+        axis.axhline(points[0]["bpp_clean"], color=line.get_color(), linestyle=":",
+                     label=f"{name}: clean (q = {points[0]['quantile']:g})")  # fmt: skip
+        if points[0].get("bpp_attacked") is not None and row.get("eps") is not None:
+            axis.plot([row["eps"]], [points[0]["bpp_attacked"]], "x", markersize=10, color=line.get_color(),
+                      label=f"{name}: {row['attack']} (empirical)")  # fmt: skip
+    axis.set(xlabel="input perturbation, L2 norm", ylabel="rate percentile over the encoder's noise [bpp]",
+             title="Certified rate (noise encoder, real bitstreams)")  # fmt: skip
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     return figure

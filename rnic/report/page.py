@@ -15,6 +15,7 @@ from rnic.report.attacks import (
     ATTACK_COLUMNS,
     attack_rows,
     certified_figure,
+    certified_rate_figure,
     rate_attack_figure,
     rate_distortion_figure,
     robustness_figure,
@@ -74,6 +75,7 @@ FIGURE_TITLES = {
     "robustness_curves.png": "Attacked PSNR and VI against the input PSNR the attack leaves",
     "rate_distortion.png": "Rate-distortion clean and attacked, with JPEG and WebP at the same rates",
     "certified_curve.png": "Center smoothing: certified bound against the attacked PSNR",
+    "certified_rate.png": "Noise encoder: certified bound on the rate against the attacked rate",
     "rate_attacks.png": "Rate attacks: bitstream size and coding time",
     "finetuning.png": "Finetuning: clean and attacked figures before and after",
     "psnr_curves.png": "PSNR against codec passes on train crops, val and test: clean and attacked",
@@ -210,6 +212,8 @@ def build_report(paths: list[Path], out: Path, transfer: list[dict] | None = Non
         figures["rate_distortion.png"] = rate_distortion_figure(attacks)
         if any(row.get("certified") for row in attacks):
             figures["certified_curve.png"] = certified_figure(attacks)
+        if any(row.get("certified_rate") for row in attacks):
+            figures["certified_rate.png"] = certified_rate_figure(attacks)
         rate_attacks = [row for row in attacks if row.get("encode_s_adv") is not None]
         if rate_attacks:
             figures["rate_attacks.png"] = rate_attack_figure(rate_attacks)
