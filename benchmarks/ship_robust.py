@@ -4,8 +4,8 @@ control, so that `model.pretrained=true model.robust=<method>` loads the very we
 
     python benchmarks/ship_robust.py RUN --control CONTROL_RUN
 
-RUN and CONTROL_RUN: train.py run folders (e.g. `experiment=cpu_tour` with `adv.method=fast` and with
-`adv.method=none`), same base, same codec passes, each with its `robust_eval/<threat>/results.json`.
+RUN and CONTROL_RUN: train.py run folders (e.g. `experiment=cpu_tour` with `method=fast` and with
+`method=none`), same base, same codec passes, each with its `robust_eval/<threat>/results.json`.
 First codes the val photos with those weights and refuses unless the bitstreams are those the run's
 evaluation measured; then writes rnic/weights/<arch>-mse-q<quality>-<method>.pth and its card beside it.
 """
@@ -100,7 +100,9 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "lmbda": final["lmbda"],
         "metric": "mse",
         "method": final["method"],
-        "adv": {k: v for k, v in OmegaConf.to_container(config.adv, resolve=True).items() if k[0] != "_"},
+        "method_config": {
+            k: v for k, v in OmegaConf.to_container(config.method, resolve=True).items() if k[0] != "_"
+        },
         "trained_against": trained_against(config.attack),
         "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",

@@ -1,6 +1,6 @@
-"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
+"""`method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
 box, on the budget's sphere for l2 and mse), guarded against catastrophic overfitting; the single step also
-serves the other methods (`adv.adversary=single_step`)."""
+serves the other methods (`method.adversary=single_step`)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class FastTraining(TrainingMethod):
         super().__init__(attack, **kwargs)
         if int(guard_every) < 0 or not guard_ratio > 0:
             raise ValueError(
-                f"adv.guard_every={guard_every} must be >= 0 and adv.guard_ratio={guard_ratio} > 0"
+                f"method.guard_every={guard_every} must be >= 0 and method.guard_ratio={guard_ratio} > 0"
             )
         self.single_step = single_step_of(attack, self.name)
         self.guard_every = int(guard_every)
@@ -109,8 +109,8 @@ class FastTraining(TrainingMethod):
             self.collapsed_at = module.global_step
             self.guard_values = (strong_value, single_value)
             log.warning(
-                "adv.method=fast: catastrophic overfitting at step %d: the guard's attack reaches an "
-                "objective of %.4g, the single step only %.4g (ratio %.2f > adv.guard_ratio=%g); the rest "
+                "method=fast: catastrophic overfitting at step %d: the guard's attack reaches an "
+                "objective of %.4g, the single step only %.4g (ratio %.2f > method.guard_ratio=%g); the rest "
                 "of the run trains on %s's examples",
                 module.global_step,
                 strong_value,
