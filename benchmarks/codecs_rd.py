@@ -33,9 +33,8 @@ from rnic.card import portable, versions
 from rnic.classical import LABELS, REFERENCES, matched_reference
 from rnic.codecs import SHIPPED, WEIGHTS_DIR, build_codec, qualities, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import file_sha256
 from rnic.data import SampleImages, read_image
-from rnic.io import atomic_write, write_json, write_png
+from rnic.io import atomic_write, file_sha256, write_json, write_png
 from rnic.report.bd import bd_psnr, bd_rate
 
 ARCH = "bmshj2018_hyperprior_cpu"

@@ -25,9 +25,9 @@ from rnic import rd
 from rnic.card import portable, versions
 from rnic.codecs import SHIPPED, build_codec, load_weights, read_codec_state, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import attack_spec, file_sha256
+from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
-from rnic.io import atomic_write, write_json
+from rnic.io import atomic_write, file_sha256, write_json
 
 FIGURES = (
     "psnr_clean",
@@ -67,7 +67,7 @@ def evaluations(run: Path) -> dict[str, dict]:
 
 def trained_against(attack) -> dict:
     """The training adversary's class, budget and settings: its objective decides what the codec learns."""
-    spec, _, budgets = attack_spec(attack)
+    spec, budgets = attack_spec(attack)
     return {"attack": spec.pop("_target_"), "eps": budgets[0] if len(budgets) == 1 else budgets,
             **{k: v for k, v in spec.items() if k[0] != "_"}}  # fmt: skip
 

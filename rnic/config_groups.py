@@ -32,6 +32,15 @@ def config_group(group: str) -> dict[str, DictConfig]:
     return options
 
 
+def attack_job_base() -> DictConfig:
+    """attack.yaml's own settings (its config groups left out): the base of an attack.py job config built
+    in code (train.py's robust_eval, report.py's transfer matrix), so that it holds every key attack.py's
+    job reads, with attack.yaml's defaults."""
+    base = OmegaConf.load(CONF / "attack.yaml")
+    del base["defaults"]
+    return base
+
+
 def choosable_groups() -> str:
     """`--help`'s list of config groups: those in the composed config's defaults (group=option works), each
     with its options; groups only read by other configs (rnic/conf/shared/) are not listed."""

@@ -43,7 +43,7 @@ VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
 MULTIRUN = ("-m", "--multirun")
 PYTHON = {"python", "python3"}
-# "python attack.py ... attack.save_images=true": the rest of a command shown above, not an override.
+# "python attack.py ... attack_run.save_images=true": the rest of a command shown above, not an override.
 ELLIPSIS = "..."
 
 

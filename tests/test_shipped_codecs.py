@@ -15,8 +15,9 @@ from rnic import rd
 from rnic.card import check_card
 from rnic.codecs import build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import attack_spec, file_sha256
+from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
+from rnic.io import file_sha256
 from tests.conftest import compose_config
 
 ARCH = "bmshj2018_hyperprior_cpu"
@@ -80,7 +81,7 @@ def test_the_mix_weights_are_the_tours_method_at_each_quality(tmp_path):
     # model.robust=mix is documented as experiment=cpu_tour's run from each shipped quality: its card
     # records the adversary, method and budget it was trained with, and they must be the preset's.
     cfg = compose_config(tmp_path, "experiment=cpu_tour")
-    spec, _, (eps,) = attack_spec(cfg.attack)
+    spec, (eps,) = attack_spec(cfg.attack)
     for quality in qualities(ARCH):
         card = json.loads(shipped_weights(ARCH, "mse", quality, "mix").with_suffix(".json").read_text())
         trained = card["trained_against"]
@@ -102,7 +103,7 @@ def test_every_robust_card_records_its_adversary_and_a_command_that_composes_to_
         script, *overrides = card["command"].removeprefix("python ").split()
         assert script == "train.py" and "/work/" not in path.with_suffix(".json").read_text()
         cfg = compose_config(tmp_path, *overrides)
-        spec, _, (eps,) = attack_spec(cfg.attack)
+        spec, (eps,) = attack_spec(cfg.attack)
         trained = card["trained_against"]
         assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
         assert {k: v for k, v in trained.items() if k not in ("attack", "eps")} == {

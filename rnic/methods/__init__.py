@@ -38,7 +38,7 @@ from torch import nn
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.clean import CleanTraining, NoiseTraining
 from rnic.methods.consistency import ConsistencyTraining, LatentConsistency, TeacherTraining
-from rnic.methods.fast import FastTraining, RandomStartFGSM
+from rnic.methods.fast import FastTraining
 from rnic.methods.free import FreeTraining
 from rnic.methods.jacobian import JacobianPenalty
 from rnic.methods.mix import MixTraining
@@ -49,7 +49,7 @@ TRAINED_PARTS = {"encoder": ("g_a", "h_a"), "decoder": ("g_s",)}
 
 __all__ = [
     "CleanTraining", "ConsistencyTraining", "FastTraining", "FreeTraining", "JacobianPenalty",
-    "LatentConsistency", "MixTraining", "NoiseTraining", "PassCount", "RandomStartFGSM", "Step",
+    "LatentConsistency", "MixTraining", "NoiseTraining", "PassCount", "Step",
     "TeacherTraining", "TrainingMethod", "count_passes", "rd_step", "train_only",
 ]  # fmt: skip
 

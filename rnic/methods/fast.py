@@ -7,30 +7,14 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnic import rd
-from rnic.attacks import PGD, Attack, Objective, gradient_proxy, quantization_proxy
+from rnic.attacks import Attack, Objective, RandomStartFGSM, gradient_proxy, quantization_proxy
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.free import threat_of
 
 log = logging.getLogger(__name__)
-
-
-class RandomStartFGSM(PGD):
-    """One ascent step of `step_scale` x the threat's radius from a random start (Wong et al.): uniform in the
-    L-inf box, on the sphere of the budget for l2 and mse (Threat.random_start)."""
-
-    def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
-        super().__init__(codec, steps=1, random_start=True, **kwargs)
-        self.step_scale = step_scale
-
-    def perturb(self, x: Tensor, ctx, eps: Tensor) -> Tensor:
-        self.alpha = self.step_scale * self.threat_model.radius(x, eps)
-        try:
-            return super().perturb(x, ctx, eps)
-        finally:
-            self.alpha = None
 
 
 def single_step_of(attack: Attack, method: str, objective: Objective | None = None) -> RandomStartFGSM:
@@ -52,8 +36,7 @@ def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     codec = attack.codec
     with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, gradient_proxy(attack)):
         ctx = attack.objective.context(codec, x, None, None)
-        # Attack.value: an ensemble (auto) has none of its own, but the same codec and objective
-        return Attack.value(attack, x_adv, ctx).mean()
+        return attack.value(x_adv, ctx).mean()
 
 
 class FastTraining(TrainingMethod):

@@ -13,13 +13,13 @@ from rnic.methods.base import Step, TrainingMethod, rd_step
 
 def threat_of(attack: Attack, method: str) -> Threat:
     """The threat model of the configured attack (free and fast move inside it themselves)."""
-    name = getattr(attack, "threat", None)
-    if name is None:
+    threat = getattr(attack, "threat_model", None)
+    if threat is None:
         raise ValueError(
             f"method={method} needs an attack with a threat model (attack=linf, l2, apgd or auto); "
             f"{type(attack).__name__} has none"
         )
-    return Threat(name, box=getattr(attack, "box", None)) if name != "linf" else Threat(name)
+    return threat
 
 
 class FreeTraining(TrainingMethod):
