@@ -48,9 +48,8 @@ from rnic.codecs import (
     shipped_weights,
 )
 from rnic.coding import compress_decompress
-from rnic.config import file_sha256
 from rnic.data import SampleImages, read_image
-from rnic.io import atomic_write, write_json, write_png
+from rnic.io import atomic_write, file_sha256, write_json, write_png
 from rnic.report.bd import bd_psnr, bd_rate
 
 CROP = 256

@@ -4,8 +4,8 @@ control, so that `model.pretrained=true model.robust=<method>` loads the very we
 
     python benchmarks/ship_robust.py RUN --control CONTROL_RUN
 
-RUN and CONTROL_RUN: train.py run folders (e.g. `experiment=cpu_tour` with `adv.method=fast` and with
-`adv.method=none`), same base, same codec passes, each with its `robust_eval/<threat>/results.json`.
+RUN and CONTROL_RUN: train.py run folders (e.g. `experiment=cpu_tour` with `method=fast` and with
+`method=none`), same base, same codec passes, each with its `robust_eval/<threat>/results.json`.
 First codes the val photos with those weights and refuses unless the bitstreams are those the run's
 evaluation measured; then writes rnic/weights/<arch>-mse-q<quality>-<method>.pth and its card beside it.
 """
@@ -25,9 +25,9 @@ from rnic import rd
 from rnic.card import portable, versions
 from rnic.codecs import build_codec, load_weights, read_codec_state, shipped_architecture, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import attack_spec, file_sha256
+from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
-from rnic.io import atomic_write, write_json
+from rnic.io import atomic_write, file_sha256, write_json
 
 FIGURES = (
     "psnr_clean",
@@ -67,7 +67,7 @@ def evaluations(run: Path) -> dict[str, dict]:
 
 def trained_against(attack) -> dict:
     """The training adversary's class, budget and settings: its objective decides what the codec learns."""
-    spec, _, budgets = attack_spec(attack)
+    spec, budgets = attack_spec(attack)
     return {"attack": spec.pop("_target_"), "eps": budgets[0] if len(budgets) == 1 else budgets,
             **{k: v for k, v in spec.items() if k[0] != "_"}}  # fmt: skip
 
@@ -99,7 +99,9 @@ def card(run: Path, control: Path, target: Path) -> dict:
         "lmbda": final["lmbda"],
         "metric": "mse",
         "method": final["method"],
-        "adv": {k: v for k, v in OmegaConf.to_container(config.adv, resolve=True).items() if k[0] != "_"},
+        "method_config": {
+            k: v for k, v in OmegaConf.to_container(config.method, resolve=True).items() if k[0] != "_"
+        },
         "trained_against": trained_against(config.attack),
         "started_from": shipped_weights(arch, "mse", int(config.model.quality)).name,
         "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnic.config import file_sha256
-from rnic.io import write_json
+from rnic.io import file_sha256, write_json
 
 CARD_FILE = "card.json"
 PACKAGE = Path(__file__).resolve().parent  # a path under it is recorded as rnic/...

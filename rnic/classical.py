@@ -1,7 +1,7 @@
 """Classical image coders (JPEG, WebP, JPEG 2000, JPEG XL, through `imagecodecs`) behind CompressAI's
 interface, as references for the learned codecs: the same attack.py pipeline codes them for real.
 
-They have no gradient: only transferred adversarial images (`attack.load_from`) and gradient-free
+They have no gradient: only transferred adversarial images (`attack_run.load_from`) and gradient-free
 attacks (`attack=square`, `attack=none`) apply to them.
 """
 

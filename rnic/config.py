@@ -14,9 +14,6 @@ from rnic.codecs import load_weights, pretrained_file
 from rnic.config_groups import CONF, config_group  # noqa: F401  (imported from here too)
 from rnic.io import file_sha256
 
-# Keys of an attack config that configure attack.py's run, not the attack.
-ATTACK_RUN_OPTIONS = ("save_images", "load_from", "target", "mask", "adaptive", "eot_samples")
-
 
 def build(config: DictConfig, **kwargs):
     """Hydra's instantiate, re-raising a constructor's own error (which names the bad key) unwrapped."""
@@ -47,16 +44,15 @@ def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
     return codec
 
 
-def attack_spec(attack: DictConfig) -> tuple[dict, dict, list]:
-    """Split an `attack=` config into (attack constructor config, run options, budgets)."""
+def attack_spec(attack: DictConfig) -> tuple[dict, list]:
+    """Split an `attack=` config into (attack constructor config without its budget, budgets)."""
     spec = OmegaConf.to_container(attack, resolve=True)
-    options = {key: spec.pop(key, None) for key in ATTACK_RUN_OPTIONS}
     eps = spec.pop("eps", None)
-    return spec, options, list(eps) if isinstance(eps, list) else [eps]
+    return spec, list(eps) if isinstance(eps, list) else [eps]
 
 
 def build_attacks(attack: DictConfig, codec: torch.nn.Module) -> list:
     """One attack on `codec` per budget of `attack.eps` (null: the attack's own default)."""
-    spec, _, budgets = attack_spec(attack)
+    spec, budgets = attack_spec(attack)
     make = build(OmegaConf.create(spec))
     return [make(codec, **({} if eps is None else {"eps": eps})) for eps in budgets]

@@ -32,10 +32,18 @@ def config_group(group: str) -> dict[str, DictConfig]:
     return options
 
 
+def attack_job_base() -> DictConfig:
+    """attack.yaml's own settings (its config groups left out): the base of an attack.py job config built
+    in code (train.py's robust_eval, report.py's transfer matrix), so that it holds every key attack.py's
+    job reads, with attack.yaml's defaults."""
+    base = OmegaConf.load(CONF / "attack.yaml")
+    del base["defaults"]
+    return base
+
+
 def choosable_groups() -> str:
     """`--help`'s list of config groups: those in the composed config's defaults (group=option works), each
-    with its options; groups only read by a key (rnic/conf/method/ for adv.method) or by other configs
-    (rnic/conf/shared/) are not listed."""
+    with its options; groups only read by other configs (rnic/conf/shared/) are not listed."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     groups = sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/"))
     return "\n".join(f"{group}: {', '.join(config_group(group))}" for group in groups)

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from rnic.attacks import Threat
 from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.budgets import format_budget
 from rnic.card import build_card
@@ -72,7 +71,8 @@ def check_gradient_free(codec: torch.nn.Module, attacks: list) -> None:
         if not attack.gradient_free:
             raise ValueError(
                 f"model={codec.format} is a classical coder without a gradient, so {type(attack).__name__} "
-                "cannot attack it: use attack.load_from=<an attack.py run with attack.save_images=true>, "
+                "cannot attack it: use attack_run.load_from=<an attack.py run with "
+                "attack_run.save_images=true>, "
                 "attack=square or attack=none"
             )
 
@@ -83,7 +83,8 @@ class Evaluation:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
-        _, self.options, self.budgets = attack_spec(cfg.attack)
+        self.options = cfg.attack_run
+        _, self.budgets = attack_spec(cfg.attack)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
@@ -153,13 +154,11 @@ class Evaluation:
             )
         self.codec.update(force=True)
         # Behind a defense, every figure comes from the defended pipeline; the attack goes through it
-        # (adaptive) or against the undefended codec (attack.adaptive=false).
-        self.adaptive = bool(cfg.attack.get("adaptive", True))
+        # (adaptive) or against the undefended codec (attack_run.adaptive=false).
+        self.adaptive = bool(cfg.attack_run.adaptive)
         self.defended = None
         if defenses:
-            self.defended = defended(
-                self.codec, defenses, eot_samples=cfg.attack.get("eot_samples", 8)
-            ).eval()
+            self.defended = defended(self.codec, defenses, eot_samples=cfg.attack_run.eot_samples).eval()
             for size in sorted(set(map(tuple, self.sizes))):
                 self.defended.check_size(size)
         evaluated = self.defended if self.defended is not None else self.codec
@@ -192,12 +191,12 @@ class Evaluation:
     def check_budget_fits_images(self, attack) -> None:
         """A budget that no image of the split allows (e.g. an L2 radius beyond the largest possible
         perturbation of the smallest image) is refused before the first image."""
-        threat = getattr(attack, "threat", None)
+        threat = getattr(attack, "threat_model", None)
         if threat is None:
             return
         for size in sorted(set(map(tuple, self.sizes))):
-            Threat(threat).check(attack.eps, (3, *size))
-        if threat == "linf" and getattr(attack, "round_8bit", False):
+            threat.check(attack.eps, (3, *size))
+        if threat.name == "linf" and getattr(attack, "round_8bit", False):
             for eps in torch.as_tensor(attack.eps, dtype=torch.float64).flatten().tolist():
                 levels = eps * 255
                 kept = math.floor(levels + LEVEL_TOLERANCE)
@@ -216,13 +215,13 @@ class Evaluation:
             for name, size in zip(self.names, self.sizes, strict=True):
                 if tuple(size) != tuple(target.shape[-2:]):
                     raise ValueError(
-                        f"attack.target={self.options['target']!r} is {tuple(target.shape[-2:])}, "
+                        f"attack_run.target={self.options['target']!r} is {tuple(target.shape[-2:])}, "
                         f"but image {name!r} is {tuple(size)}"
                     )
         if self.options["mask"]:
             mask = read_image(self.options["mask"])[None, :1].to(self.device)
             if target is not None and mask.shape[-2:] != target.shape[-2:]:
-                raise ValueError(f"attack.mask={self.options['mask']!r} is not the target's size")
+                raise ValueError(f"attack_run.mask={self.options['mask']!r} is not the target's size")
         return target, mask
 
     def check_load_from(self) -> Path | None:
@@ -235,7 +234,7 @@ class Evaluation:
         missing = [n for n in self.names if not (folder / f"{n}.png").is_file()]
         if missing:
             raise FileNotFoundError(
-                f"attack.load_from={str(folder)!r} lacks {len(missing)} adversarial image(s), "
+                f"attack_run.load_from={str(folder)!r} lacks {len(missing)} adversarial image(s), "
                 f"e.g. {missing[0]}.png"
             )
         return folder
@@ -362,7 +361,7 @@ class Evaluation:
         return records, (x, x_adv, clean_hat, adv_hat)
 
     def write_pngs(self, folder: Path, records: list[dict], x, x_adv, clean_hat, adv_hat) -> None:
-        """Each image's panel, and with attack.save_images=true its adversarial image (8-bit PNG)."""
+        """Each image's panel, and with attack_run.save_images=true its adversarial image (8-bit PNG)."""
         for row, record in enumerate(records):
             name, rows = record["image"], slice(row, row + 1)
             panel = folder / "panels" / f"{name}.png"

@@ -106,17 +106,17 @@ def quiet_third_party() -> None:
 
 def check_paths(cfg: DictConfig) -> None:
     """The files and folders a config names, checked before torch and Lightning load (seconds)."""
-    model, attack = cfg.get("model") or {}, cfg.get("attack") or {}
+    model, options = cfg.get("model") or {}, cfg.get("attack_run") or {}
     for key, value in (
         ("ckpt_path", None if cfg.get("ckpt_path") == "auto" else cfg.get("ckpt_path")),  # run_folder.AUTO
         ("model.weights", model.get("weights")),
-        ("attack.target", attack.get("target")),
-        ("attack.mask", attack.get("mask")),
+        ("attack_run.target", options.get("target")),
+        ("attack_run.mask", options.get("mask")),
     ):
         if value and not Path(value).is_file():
             raise FileNotFoundError(f"{key}={str(value)!r}: no such file")
-    if attack.get("load_from") and not Path(attack.load_from).is_dir():
-        raise FileNotFoundError(f"attack.load_from={str(attack.load_from)!r}: no such folder")
+    if options.get("load_from") and not Path(options.load_from).is_dir():
+        raise FileNotFoundError(f"attack_run.load_from={str(options.load_from)!r}: no such folder")
 
 
 def run_job(task: str | Callable[[DictConfig], object], cfg: DictConfig):

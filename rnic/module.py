@@ -43,7 +43,7 @@ class CodecModule(L.LightningModule):
 
     Optimisation is manual: the main optimizer (clipped) and the aux optimizer step
     once per batch. With `adversarial` mixing, part of each batch is replaced by adversarial
-    examples against the current codec (`adv.method`, rnic.methods), and validation and test also run
+    examples against the current codec (`method=`, rnic.methods), and validation and test also run
     on attacked images: metrics are logged as `{val,test}/clean/*` and `{val,test}/attacked/*`.
     """
 
@@ -140,7 +140,7 @@ class CodecModule(L.LightningModule):
     # --- optimisation -------------------------------------------------------------------------
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        # The quantiles stay in the aux optimizer when frozen (adv.train): its step is then skipped.
+        # The quantiles stay in the aux optimizer when frozen (method.train): its step is then skipped.
         main, aux = [], []
         for name, param in self.codec.named_parameters():
             if name.endswith(".quantiles"):
@@ -166,7 +166,7 @@ class CodecModule(L.LightningModule):
         return optimizers, [scheduler]
 
     def training_loss(self, batch: Tensor) -> Step:
-        """The step's loss: the training method's (`adv.method`), or plain rate-distortion."""
+        """The step's loss: the training method's (`method=`), or plain rate-distortion."""
         if self.adversarial is None:
             return rd_step(self.codec, batch, batch, self.lmbda, self.metric)
         return self.adversarial.training_loss(self, batch)
@@ -194,7 +194,7 @@ class CodecModule(L.LightningModule):
 
         aux_loss = self.codec.aux_loss()
         self.check_finite(aux_loss, "train/aux_loss")
-        if aux_loss.requires_grad:  # frozen entropy models (adv.train) take no aux step
+        if aux_loss.requires_grad:  # frozen entropy models (method.train) take no aux step
             aux_optimizer.zero_grad()
             self.manual_backward(aux_loss)
             # The raw optimizer: stepping the LightningOptimizer would count a second global step.

@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from rnic import rd
 from rnic.card import write_card
 from rnic.classical import REFERENCES
-from rnic.config import file_sha256
 from rnic.image_sets import image_set
-from rnic.io import write_csv, write_json
+from rnic.io import file_sha256, write_csv, write_json
 from rnic.rate_certificate import rate_columns, rate_means
 from rnic.smoothing import certificate_columns, certified_means
 
@@ -51,6 +50,9 @@ def run_key(cfg: DictConfig) -> dict:
     """What decides a run's figures: the resolved model, attack, data and split, the seed, and the
     weights file's hash. A rerun into a folder continues it only if its key is the same."""
     key = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "attack", "data")}
+    # The run options (attack_run) are keyed inside the attack's entry, where they were before they had a
+    # node of their own: a rerun continues a folder of either version.
+    key["attack"].update(OmegaConf.to_container(cfg.attack_run, resolve=True))
     for name in LOADING_KEYS:
         key["data"].pop(name, None)
     for name in RUN_ONLY_KEYS:

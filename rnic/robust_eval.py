@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from rnic.classical import REFERENCES, reference_line
+from rnic.config_groups import attack_job_base
 
 
 @rank_zero_only
@@ -28,9 +29,11 @@ def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
     figures = {}
     for split, (name, attack), (prefix, codec) in product(splits, settings.attacks.items(), codecs.items()):
         folder = prefix + (name if split == "val" else f"{name}_{split}")
-        job = OmegaConf.create(
+        # attack.py's config (attack.yaml's settings) with this run's codec, data and seed, and the attack
+        # that robust_eval.attacks composed from attack/*.yaml
+        job = OmegaConf.merge(
+            attack_job_base(),
             {
-                "task_name": "attack",
                 "model": codec,
                 "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "attack": OmegaConf.to_container(attack, resolve=True),
@@ -41,7 +44,7 @@ def robust_evaluation(cfg: DictConfig, weights: Path) -> dict[str, dict]:
                 "device": settings.device,
                 "coding_device": cfg.module.coding_device,
                 "seed": cfg.seed,
-            }
+            },
         )
         (figures[folder],) = evaluate_robustness(job)
     if settings.get("start"):

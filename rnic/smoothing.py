@@ -206,7 +206,7 @@ class SmoothedCodec(nn.Module):
     def __init__(self, codec: nn.Module, smoothing: CenterSmoothing, eot_samples: int = 8):
         super().__init__()
         if int(eot_samples) < 1:
-            raise ValueError(f"attack.eot_samples={eot_samples} must be >= 1")
+            raise ValueError(f"attack_run.eot_samples={eot_samples} must be >= 1")
         self.codec = codec
         self.smoothing = smoothing
         self.names = [smoothing.name]

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -28,7 +28,7 @@ from rnic.config import build, build_attacks, codec_from_config, config_group
 from rnic.image_sets import image_names, image_set
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record
-from rnic.methods import TrainingMethod, check_method_settings, train_only
+from rnic.methods import CleanTraining, TrainingMethod, train_only
 from rnic.robust_eval import robust_evaluation
 from rnic.run_folder import check_run_folder, command_line_keys, resume_config, resume_in_place
 
@@ -48,21 +48,18 @@ FINAL_TABLE = (
 
 
 def build_adversarial(cfg: DictConfig, codec: torch.nn.Module) -> TrainingMethod | None:
-    """The training method `cfg.adv.method` with the attack of `cfg.attack` (None: clean training), after
-    freezing what `cfg.adv.train` keeps fixed (for every method, the clean control included)."""
-    method = cfg.adv.get("method", "mix")
-    cls = check_method_settings(method, cfg.adv.get("replays", 1), cfg.adv.get("beta", 0.0))
-    train_only(codec, cfg.adv.get("train", "all"))
+    """The training method of `cfg.method` with the attack of `cfg.attack` (None: clean training), after
+    freezing what `method.train` keeps fixed (for every method, the clean control included)."""
+    cls = get_class(cfg.method._target_)
+    train_only(codec, cfg.method.train)
     attacks = build_attacks(cfg.attack, codec)
     if len(attacks) != 1:
         raise ValueError(f"attack.eps={list(cfg.attack.eps)}: training takes one budget")
     if isinstance(attacks[0], NoAttack) and cls.needs_attack:
         if not cls.clean_without_attack:
-            raise ValueError(f"adv.method={method} needs an attack: set attack=linf (or l2, apgd, auto)")
+            raise ValueError(f"method={cls.name} needs an attack: set attack=linf (or l2, apgd, auto)")
         return None
-    settings = OmegaConf.to_container(cfg.adv, resolve=True)
-    settings.pop("train", None)  # applied above, to the codec
-    return build(OmegaConf.create(settings))(attacks[0])
+    return build(cfg.method, attack=attacks[0])
 
 
 def main_job_defaults() -> bool:
@@ -87,7 +84,9 @@ def check_starting_weights(cfg: DictConfig) -> DictConfig:
         or model.get("allow_random_init")
     ):
         return cfg
-    if cfg.attack.get("_target_") == "rnic.attacks.NoAttack" or cfg.adv.get("method") == "none":
+    if cfg.attack.get("_target_") == "rnic.attacks.NoAttack" or issubclass(
+        get_class(cfg.method._target_), CleanTraining
+    ):
         return cfg
     if main_job_defaults():
         log.info("model.pretrained=false: training from scratch, clean (attack=none, robust_eval=null)")
@@ -168,7 +167,8 @@ def check_monitored_metrics(cfg: DictConfig, module, datamodule) -> None:
         split = key.split("/")[1] if key.startswith("monitor/") else None
         if "/attacked/" in key and not validates_attacks:
             raise ValueError(
-                f"callbacks.{name}.monitor={key} needs attacked validation: set attack= and adv.validate=true"
+                f"callbacks.{name}.monitor={key} needs attacked validation: set attack= and "
+                "method.validate=true"
             )
         if split is not None and split not in datamodule.monitor:
             raise ValueError(f"callbacks.{name}.monitor={key} needs data.monitor=[{split}]")

@@ -73,9 +73,9 @@ def test_examples_are_regenerated_every_k_steps(trained_codec, batch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ratio": 1.5}, "adv.ratio=1.5"),
-        ({"target": "clean"}, "adv.target='clean'"),
-        ({"every": 0}, "adv.every=0"),
+        ({"ratio": 1.5}, "method.ratio=1.5"),
+        ({"target": "clean"}, "method.target='clean'"),
+        ({"every": 0}, "method.every=0"),
     ],
 )
 def test_bad_mixing_settings_are_named(kwargs, message):
@@ -91,8 +91,8 @@ def test_adversarial_finetuning_through_train(tiny_cfg, tmp_path, trained_checkp
             f"model.weights={trained_checkpoint}",
             "attack=linf",
             "attack.steps=2",
-            "adv.ratio=0.5",
-            "adv.warmup_steps=2",
+            "method.ratio=0.5",
+            "method.warmup_steps=2",
         )
     )
     for kind in ("clean", "attacked"):
@@ -147,9 +147,9 @@ def test_ddp_adversarial_run_keeps_ranks_in_step(tmp_path, method):
             *overrides,
             "attack=linf",
             "attack.steps=2",
-            "adv.ratio=0.5",
-            f"adv.method={method}",
-            "adv.replays=2",
+            "method.ratio=0.5",
+            f"method={method}",
+            *(["method.replays=2"] if method == "free" else []),
             "data.max_val_images=2",
             f"hydra.run.dir={tmp_path}",
             "+callbacks.rank_weights._target_=tests.rank_weights.SaveRankWeights",
@@ -203,7 +203,7 @@ def test_adversarial_finetuning_beats_a_clean_control(tmp_path, trained_checkpoi
             "attack.eps=0.0314",
             "attack.alpha=0.0078",
             "attack.steps=3",
-            "adv.target=input",
+            "method.target=input",
             "attack.objective.reference=clean",
         ],  # fmt: skip
         "control": ["attack=none"],

@@ -59,9 +59,9 @@ def test_transferred_images_and_gradient_free_attacks_run_on_a_classical_coder(t
     results = json.loads((tmp_path / "square" / "results.json").read_text())
     assert mean["psnr_adv"] < mean["psnr_clean"] and len(results["images"]) == 2
     source = tmp_path / "square"
-    evaluate_robustness(jpeg_cfg(tmp_path / "source", "attack=none", "attack.save_images=true"))
+    evaluate_robustness(jpeg_cfg(tmp_path / "source", "attack=none", "attack_run.save_images=true"))
     (replayed,) = evaluate_robustness(
-        jpeg_cfg(tmp_path / "replay", f"attack.load_from={tmp_path / 'source'}")
+        jpeg_cfg(tmp_path / "replay", f"attack_run.load_from={tmp_path / 'source'}")
     )
     assert replayed["psnr_adv"] == pytest.approx(replayed["psnr_clean"]) and source.is_dir()
 

@@ -59,5 +59,5 @@ def test_the_protocol_preset_evaluates_val_and_test_and_draws_curves(tmp_path):
     cfg = compose_config(tmp_path, "experiment=robust_methods_protocol", keep_hydra=True)
     assert list(cfg.robust_eval.splits) == ["val", "test"] and list(cfg.data.monitor) == ["train", "test"]
     assert set(cfg.robust_eval.attacks) == {"linf", "mse"}
-    methods = cfg.hydra.sweeper.params["adv.method"].split(",")
+    methods = cfg.hydra.sweeper.params["method"].split(",")
     assert methods[0] == "none" and "mix" in methods and cfg.hydra.sweeper.params["model.quality"] == "1,2,3"

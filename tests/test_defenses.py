@@ -211,7 +211,7 @@ def test_non_adaptive_attack_on_bitdepth_is_weaker_than_the_adaptive_one(tmp_pat
         folder = tmp_path / adaptive
         defense = ("defense=bitdepth", "defense.bitdepth.bits=3")
         (means[adaptive],) = evaluate_robustness(
-            defense_cfg(folder, trained_checkpoint, *defense, f"attack.adaptive={adaptive}")
+            defense_cfg(folder, trained_checkpoint, *defense, f"attack_run.adaptive={adaptive}")
         )
         results = json.loads((folder / "results.json").read_text())
         assert results["defense"] == ["bitdepth"] and results["adaptive"] == (adaptive == "true")
@@ -255,7 +255,13 @@ def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
 def test_auto_behind_a_random_defense_reports_the_draw_it_selected_on(tmp_path, trained_checkpoint):
     """Behind a random defense, auto's winner per image and attack.py's figures come from one draw: the
     reported PSNR is the winner's and never above any member's."""
-    overrides = ["attack=auto", "attack.steps=1", "attack.queries=2", "attack.eot_samples=2", "defense=noise"]
+    overrides = [
+        "attack=auto",
+        "attack.steps=1",
+        "attack.queries=2",
+        "attack_run.eot_samples=2",
+        "defense=noise",
+    ]
     overrides += ["data.val_crop=64", "max_images=1", "defense.noise.sigma=0.05"]
     evaluate_robustness(defense_cfg(tmp_path, trained_checkpoint, *overrides))
     (result,) = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]

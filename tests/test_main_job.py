@@ -17,7 +17,8 @@ def test_the_main_job_finetunes_the_shipped_codec_against_the_source(tmp_path):
     assert cfg.model.pretrained is True and not cfg.model.weights
     assert cfg.attack._target_ == "rnic.attacks.PGD" and cfg.attack.threat == "linf"
     assert cfg.attack.eps == pytest.approx(8 / 255) and cfg.attack.steps == 10
-    assert (cfg.adv.method, cfg.adv.target, cfg.attack.objective.reference) == ("mix", "source", "source")
+    assert cfg.method._target_ == "rnic.methods.MixTraining"
+    assert (cfg.method.target, cfg.attack.objective.reference) == ("source", "source")
     assert cfg.module.max_passes == 300
     assert cfg.robust_eval.start is True
     (auto,) = cfg.robust_eval.attacks.values()
@@ -28,7 +29,7 @@ def test_the_main_job_finetunes_the_shipped_codec_against_the_source(tmp_path):
 @pytest.mark.parametrize("attack", ["linf", "l2", "apgd"])
 def test_any_chosen_attack_trains_against_the_source(tmp_path, attack):
     cfg = compose_config(tmp_path, f"attack={attack}")
-    assert (cfg.adv.target, cfg.attack.objective.reference) == ("source", "source")
+    assert (cfg.method.target, cfg.attack.objective.reference) == ("source", "source")
 
 
 def test_from_scratch_is_one_key_away_and_trains_clean(tmp_path):

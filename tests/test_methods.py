@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from rnic import rd
 from rnic.attacks import PGD, Objective, Threat, quantization_proxy
 from rnic.codecs import build_codec
 from rnic.config import build_attacks
-from rnic.methods import FreeTraining, TrainingMethod, build_method
+from rnic.methods import ConsistencyTraining, FreeTraining, JacobianPenalty, LatentConsistency, TrainingMethod
 from rnic.module import CodecModule
 from rnic.report.bd import bd_psnr, bd_rate
 from rnic.training import build_adversarial, train
@@ -23,7 +24,7 @@ from tests.conftest import CONF, ROOT, TINY, compose_config, tiny_widths
 # aims at the source, which needs none).
 ATTACK = ["attack=linf", "attack.steps=2", "attack.objective.reference=clean"]
 # Per step, batch of 2, ratio 0.5 (one adversarial image: half a pass per attack step), 2 PGD steps:
-# (passes, forward-only passes). fast's guard runs at steps 0 and 2 (adv.guard_every=2): the PGD check
+# (passes, forward-only passes). fast's guard runs at steps 0 and 2 (method.guard_every=2): the PGD check
 # (1 pass, 0.5 forward for its clean reference) and the two objective values (2 x 1.0 forward).
 EXPECTED = {
     "none": [(1.0, 0.0)] * 2,
@@ -36,7 +37,7 @@ EXPECTED = {
     "latent": [(2.5, 1.0)] * 2,  # as consistency, its analysis passes counted as whole ones
     "jacobian": [(2.0, 0.0)] * 2,  # clean 1 + its two reconstructions of the first image (2 x 0.5)
 }
-SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "adv.validate=false"]
+SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "method.validate=false"]
 
 
 def logged(folder, *names):
@@ -47,7 +48,8 @@ def logged(folder, *names):
 
 @pytest.mark.parametrize("method", list(EXPECTED))
 def test_each_method_trains_and_logs_its_exact_passes(tiny_cfg, tmp_path, method):
-    results = train(tiny_cfg(*ATTACK, *SHORT, f"adv.method={method}", "adv.guard_every=2"))
+    guard = ["method.guard_every=2"] if method == "fast" else []
+    results = train(tiny_cfg(*ATTACK, *SHORT, f"method={method}", *guard))
     per_step = logged(tmp_path, "train/passes", "train/forward_passes")
     assert per_step == EXPECTED[method]
     saved = json.loads((tmp_path / "final_metrics.json").read_text())
@@ -60,7 +62,11 @@ def test_each_method_trains_and_logs_its_exact_passes(tiny_cfg, tmp_path, method
 def test_free_replays_each_batch_m_times_one_step_each(tiny_cfg, tmp_path):
     train(
         tiny_cfg(
-            *ATTACK, "adv.method=free", "adv.replays=4", "adv.validate=false", "trainer.val_check_interval=4"
+            *ATTACK,
+            "method=free",
+            "method.replays=4",
+            "method.validate=false",
+            "trainer.val_check_interval=4",
         )
     )
     assert logged(tmp_path, "train/passes", "train/replay") == [(1.0, r) for r in (0, 1, 2, 3)]
@@ -97,7 +103,7 @@ def test_the_teacher_never_changes(tiny_cfg, tmp_path):
     start = build_codec("bmshj2018_hyperprior", N=16, M=24)
     weights = tmp_path / "start.pt"
     torch.save(start.state_dict(), weights)
-    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=teacher", f"model.weights={weights}"))
+    train(tiny_cfg(*ATTACK, *SHORT, "method=teacher", f"model.weights={weights}"))
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     reference = start.state_dict()
     params = [name for name, _ in start.named_parameters()]
@@ -107,7 +113,7 @@ def test_the_teacher_never_changes(tiny_cfg, tmp_path):
 
 def test_a_single_step_adversary_costs_one_step(tiny_cfg, tmp_path):
     # clean 1 + one step on half the batch 0.5 + the adversarial branch 0.5; the two clean references
-    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=consistency", "adv.adversary=single_step"))
+    train(tiny_cfg(*ATTACK, *SHORT, "method=consistency", "method.adversary=single_step"))
     assert logged(tmp_path, "train/passes", "train/forward_passes") == [(2.0, 1.0)] * 2
 
 
@@ -117,7 +123,7 @@ def test_adv_train_learns_only_its_part(tiny_cfg, tmp_path, part, learns):
     start = build_codec("bmshj2018_hyperprior", N=16, M=24)
     weights = tmp_path / "start.pt"
     torch.save(start.state_dict(), weights)
-    method = ["adv.method=consistency", f"adv.train={part}"]
+    method = ["method=consistency", f"method.train={part}"]
     train(tiny_cfg(*ATTACK, *SHORT, *method, f"model.weights={weights}"))
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for top in ("g_a", "h_a", "g_s", "h_s", "entropy_bottleneck"):
@@ -129,7 +135,7 @@ def test_adv_train_learns_only_its_part(tiny_cfg, tmp_path, part, learns):
 def test_the_consistency_term_compares_with_a_fixed_real_rounding_reference(photos):
     codec = build_codec("bmshj2018_hyperprior_cpu", quality=1, pretrained=True)
     module = CodecModule(codec, lmbda=0.01)
-    method = build_method(PGD(codec, eps=8 / 255, steps=1), method="consistency", ratio=1.0)
+    method = ConsistencyTraining(PGD(codec, eps=8 / 255, steps=1), ratio=1.0)
     codec.train()  # as in training: the entropy models add noise unless the proxy replaces it
     source = photos[:1]
     with quantization_proxy(codec, "ste"):
@@ -151,7 +157,7 @@ def test_the_latent_term_needs_no_decoder(photos):
     torch.manual_seed(0)
     codec = build_codec("bmshj2018_hyperprior", N=16, M=24)
     module = CodecModule(codec, lmbda=0.01)
-    method = build_method(PGD(codec, eps=4 / 255, steps=1), method="latent", ratio=1.0)
+    method = LatentConsistency(PGD(codec, eps=4 / 255, steps=1), ratio=1.0)
     decoded = []
     handle = codec.g_s.register_forward_hook(lambda *args: decoded.append(1))
     source = photos[:1]
@@ -167,7 +173,7 @@ def test_the_jacobian_term_is_the_squared_jacobian_vector_product(trained_codec,
     from types import SimpleNamespace
 
     h, lmbda = 1e-3, 0.0067
-    method = build_method(PGD(trained_codec, eps=4 / 255, steps=1), method="jacobian", jacobian_step=h)
+    method = JacobianPenalty(PGD(trained_codec, eps=4 / 255, steps=1), jacobian_step=h)
     x = photos[:, :, :64, :64].clamp(0.01, 0.99)  # away from the clamp to [0, 1]
     torch.manual_seed(0)
     term = method.term(SimpleNamespace(codec=trained_codec, lmbda=lmbda), x)
@@ -180,33 +186,31 @@ def test_the_jacobian_term_is_the_squared_jacobian_vector_product(trained_codec,
     assert torch.allclose(term.detach(), expected, rtol=0.02)
 
 
-def test_every_method_yaml_builds_the_method_of_its_name(monkeypatch):
-    """adv.method=NAME builds the class that rnic/conf/method/NAME.yaml names, recorded under NAME; an unknown
-    name is refused with the names of that folder."""
-    from hydra.core.hydra_config import HydraConfig
-
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a job: rnic's rnic/conf/ alone
+def test_every_method_yaml_builds_the_method_of_its_name(tmp_path):
+    """method=NAME composes rnic/conf/method/NAME.yaml, whose instantiation is the method recorded under
+    NAME; an unknown method, or a key the chosen method does not take, is refused naming it."""
     names = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
     assert len(names) >= 8 and set(EXPECTED) <= set(names)
     attack = PGD(build_codec("bmshj2018_factorized", N=16, M=24), eps=4 / 255, steps=1)
     for name in names:
-        method = build_method(attack, method=name)
+        method = instantiate(compose_config(tmp_path, f"method={name}").method, attack=attack)
         assert isinstance(method, TrainingMethod) and method.name == name == type(method).name
-    with pytest.raises(ValueError, match=f"choose one of: {', '.join(names)}$"):
-        build_method(attack, method="pgd")
+    with pytest.raises(Exception, match="Could not find 'method/pgd'"):
+        compose_config(tmp_path, "method=pgd")
+    with pytest.raises(Exception, match=r"Could not override 'method\.replays'"):
+        compose_config(tmp_path, "method=mix", "method.replays=2")  # free's key
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["adv.method=pgd"], "adv.method='pgd' is unknown"),
-        (["adv.method=consistency", "adv.train=prior"], "adv.train='prior' is unknown"),
-        (["adv.method=consistency", "adv.proxy=round"], "adv.proxy='round' is unknown"),
-        (["adv.method=latent", "adv.adversary=fgsm"], "adv.adversary='fgsm' is unknown"),
-        (["adv.method=free", "adv.replays=0"], "adv.replays=0"),
-        (["adv.method=consistency", "adv.beta=-1"], "adv.beta=-1"),
-        (["adv.method=jacobian", "adv.jacobian_step=0"], "adv.jacobian_step=0 must be in (0, 1]"),
-        (["attack=none", "adv.method=free"], "adv.method=free needs an attack"),
+        (["method=consistency", "method.train=prior"], "method.train='prior' is unknown"),
+        (["method=consistency", "method.term_proxy=round"], "method.term_proxy='round' is unknown"),
+        (["method=latent", "method.adversary=fgsm"], "method.adversary='fgsm' is unknown"),
+        (["method=free", "method.replays=0"], "method.replays=0"),
+        (["method=consistency", "method.beta=-1"], "method.beta=-1"),
+        (["method=jacobian", "method.jacobian_step=0"], "method.jacobian_step=0 must be in (0, 1]"),
+        (["attack=none", "method=free"], "method=free needs an attack"),
         (["module.max_passes=0"], "module.max_passes=0"),
     ],
 )
@@ -219,14 +223,14 @@ def test_bad_settings_are_named_before_training(tiny_cfg, tmp_path, overrides, m
 def test_a_teacher_of_another_architecture_is_refused(tiny_cfg, tmp_path):
     other = tmp_path / "factorized.pt"
     torch.save(build_codec("bmshj2018_factorized", N=16, M=24).state_dict(), other)
-    cfg = tiny_cfg(*ATTACK, "adv.method=teacher", f"adv.teacher={other}")
+    cfg = tiny_cfg(*ATTACK, "method=teacher", f"method.teacher={other}")
     with pytest.raises(ValueError, match=r"adv\.teacher=.*not the student's architecture"):
         build_adversarial(cfg, build_codec("bmshj2018_hyperprior", N=16, M=24))
 
 
 def test_a_fast_collapse_is_logged_and_reported(tiny_cfg, tmp_path, capsys, caplog):
     # A guard ratio far below 1 makes the guard fire at its first check (step 0).
-    train(tiny_cfg(*ATTACK, *SHORT, "adv.method=fast", "adv.guard_every=2", "adv.guard_ratio=1e-6"))
+    train(tiny_cfg(*ATTACK, *SHORT, "method=fast", "method.guard_every=2", "method.guard_ratio=1e-6"))
     assert json.loads((tmp_path / "final_metrics.json").read_text())["fast_collapse_step"] == 0
     assert "fast: COLLAPSED (catastrophic overfitting) at step 0" in capsys.readouterr().out
     assert "catastrophic overfitting at step 0" in caplog.text
@@ -249,7 +253,7 @@ def test_bd_rate_wrapper():
 
 def test_the_study_preset_composes(tmp_path):
     cfg = compose_config(tmp_path, "experiment=robust_methods", "model.weights=w.pt", keep_hydra=True)
-    assert set(cfg.hydra.sweeper.params["adv.method"].split(",")) == {
+    assert set(cfg.hydra.sweeper.params["method"].split(",")) == {
         "none", "mix", "free", "fast", "consistency", "teacher", "latent", "jacobian"
     }  # fmt: skip
     assert cfg.hydra.sweeper.params["model.quality"].split(",") == ["1", "2", "3"] and cfg.model.pretrained
@@ -265,7 +269,7 @@ def test_the_studies_train_against_the_objective_their_methods_minimise(tmp_path
     # against the clean reconstruction, or a codec taught to code the attacked input itself, bought less
     # attacked quality (docs/studies.md).
     cfg = compose_config(tmp_path, f"experiment={experiment}")
-    assert cfg.adv.method == "mix" and cfg.adv.target == "source"
+    assert cfg.method._target_ == "rnic.methods.MixTraining" and cfg.method.target == "source"
     assert cfg.attack.objective.reference == "source"
     codec = build_codec("bmshj2018_hyperprior", N=16, M=24).eval()
     (attack,) = build_attacks(cfg.attack, codec)
@@ -287,8 +291,7 @@ def test_a_two_method_miniature_study_runs_through_a_multirun_and_the_report(tmp
     tiny = [o for o in TINY if not o.startswith(skip)]
     result = subprocess.run(
         [sys.executable, "train.py", "-m", "experiment=robust_methods", *tiny, *tiny_widths([]),
-         f"model.weights={base}", "adv.method=none,free", "model.quality=3", "adv.validate=false",
-         "adv.replays=2",
+         f"model.weights={base}", "method=none,free", "model.quality=3", "method.validate=false",
          "module.max_passes=2",
          "attack.steps=1", "trainer.val_check_interval=2", "callbacks.last_checkpoint.every_n_train_steps=2",
          "robust_eval.max_images=1", "robust_eval.attacks.linf.steps=1", "robust_eval.attacks.linf.queries=2",
@@ -326,7 +329,7 @@ def test_an_ensemble_adversary_attacks_with_the_method_objective(method):
     auto = AutoAttack(
         codec, threat="mse", eps=1e-4, steps=1, objective=Objective(kind="distortion", reference="source")
     )
-    built = build_method(auto, method=method, metric="mse")
+    built = {"consistency": ConsistencyTraining, "latent": LatentConsistency}[method](auto, metric="mse")
     members = built.attack.members.values()
     assert {(m.objective.kind, m.objective.reference, m.objective.metric) for m in members} == {
         ("distortion", "clean", "mse")
@@ -335,12 +338,13 @@ def test_an_ensemble_adversary_attacks_with_the_method_objective(method):
 
 
 @pytest.mark.parametrize(
-    "overrides", [["adv.method=fast"], ["adv.method=consistency", "adv.adversary=single_step"]]
+    "overrides", [["method=fast"], ["method=consistency", "method.adversary=single_step"]]
 )
 def test_a_single_step_from_attack_auto_trains(tiny_cfg, tmp_path, overrides):
     """fast and single_step take auto's threat and budget and a gradient member's proxy; fast's guard
     compares auto's examples with the single step's."""
     auto = ["attack=auto", "attack.threat=linf", "attack.steps=1", "attack.queries=2"]
-    train(tiny_cfg(*auto, *SHORT, *overrides, "trainer.max_steps=1", "adv.guard_every=1"))  # guard: auto
+    guard = ["method.guard_every=1"] if "method=fast" in overrides else []  # the guard: auto
+    train(tiny_cfg(*auto, *SHORT, *overrides, "trainer.max_steps=1", *guard))
     saved = json.loads((tmp_path / "final_metrics.json").read_text())
     assert saved["step"] == 1

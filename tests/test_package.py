@@ -55,9 +55,9 @@ def help_groups(command: str) -> set[str]:
 
 def test_help_lists_only_the_groups_that_can_be_chosen():
     train, attack = help_groups("train"), help_groups("attack")
-    assert {"model", "data", "attack", "defense", "trainer", "logger", "module/scheduler"} <= train
+    assert {"model", "data", "attack", "method", "defense", "trainer", "logger", "module/scheduler"} <= train
     assert {"model", "data", "attack", "defense", "experiment", "paths"} <= attack
-    # adv.method reads method/, shared/ holds pieces of other configs; attack.py has no trainer, and its
+    # shared/ holds pieces of other configs; attack.py has no trainer nor training method, and its
     # logger group is there for logger=wandb
-    assert not {"method", "shared", "hydra"} & (train | attack)
-    assert not {"callbacks", "trainer", "module"} & attack and "logger" in attack
+    assert not {"shared", "hydra"} & (train | attack)
+    assert not {"callbacks", "trainer", "module", "method"} & attack and "logger" in attack

@@ -60,15 +60,22 @@ class Mirror(CodecDefense):
 
 
 class FlipTraining(TrainingMethod):
-    """The RD loss with the first `ratio` of the batch mirrored."""
+    """The RD loss with the first `ratio` of the batch mirrored along `axis`."""
 
     name = "flip"
 
+    def __init__(self, attack, axis: int = -1, **kwargs):
+        super().__init__(attack, **kwargs)
+        self.axis = axis
+
     def training_loss(self, module, x):
-        inputs = torch.cat([x[: self.count(x.shape[0])].flip(-1), x[self.count(x.shape[0]) :]])
+        inputs = torch.cat([x[: self.count(x.shape[0])].flip(self.axis), x[self.count(x.shape[0]) :]])
         step = rd_step(module.codec, inputs, inputs, module.lmbda, module.metric)
         step.logs["train/flipped"] = float(self.count(x.shape[0]))
         return step
+
+    def record(self):
+        return {"flip_axis": self.axis}
 '''
 YAML = {
     "attack/sign_noise.yaml": """
@@ -88,7 +95,11 @@ YAML = {
           _target_: toyplug.Mirror
     """,
     "method/flip.yaml": """
+        defaults:
+          - /shared/method_common@_here_
+          - _self_
         _target_: toyplug.FlipTraining
+        axis: -1
     """,
     "model/small_hyperprior.yaml": """
         defaults:
@@ -158,10 +169,18 @@ def test_a_plugin_codec_defense_sends_its_closest_variant(plugins, tmp_path):
 
 
 def test_a_plugin_training_method_runs_through_train_py(plugins, tmp_path):
-    overrides = (plugins, "adv.method=flip", "attack=linf", "attack.steps=1", "adv.validate=false")
+    # The method's own key (method.axis) set on the command line like any shared one (method.validate).
+    overrides = (
+        plugins,
+        "method=flip",
+        "method.axis=-2",
+        "attack=linf",
+        "attack.steps=1",
+        "method.validate=false",
+    )
     train(compose_config(tmp_path, *TINY, *tiny_widths([]), *overrides))
     final = json.loads((tmp_path / "final_metrics.json").read_text())
-    assert final["method"] == "flip" and final["passes"] == pytest.approx(4.0)
+    assert final["method"] == "flip" and final["passes"] == pytest.approx(4.0) and final["flip_axis"] == -2
 
 
 def test_a_users_model_config_runs_through_the_rnic_command_from_another_folder(plugins, tmp_path):

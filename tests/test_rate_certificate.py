@@ -127,7 +127,13 @@ def test_certify_rate_runs_end_to_end_and_refuses_other_encoders(tmp_path, train
         with pytest.raises(ValueError, match=message):
             evaluate_robustness(cfg(*overrides))
         assert not any(tmp_path.iterdir())
-    attack = ["attack=apgd", "attack.threat=l2", "attack.eps=0.01", "attack.steps=2", "attack.eot_samples=2"]
+    attack = [
+        "attack=apgd",
+        "attack.threat=l2",
+        "attack.eps=0.01",
+        "attack.steps=2",
+        "attack_run.eot_samples=2",
+    ]
     evaluate_robustness(cfg("defense=noise", "defense.noise.sigma=0.05", *attack, "attack.round_8bit=false"))
     results = json.loads((tmp_path / "results.json").read_text())
     (record,) = results["images"]

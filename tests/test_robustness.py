@@ -18,7 +18,7 @@ FIELDS = {"image", *IMAGE_COLUMNS}
 
 
 def test_results_hold_every_figure_and_the_real_bitrate(tmp_path, trained_checkpoint):
-    (mean,) = evaluate(attack_cfg(tmp_path, trained_checkpoint, "attack.save_images=true"))
+    (mean,) = evaluate(attack_cfg(tmp_path, trained_checkpoint, "attack_run.save_images=true"))
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["images"]) == 2
@@ -56,9 +56,9 @@ def test_a_rerun_skips_measured_images(tmp_path, trained_checkpoint):
 
 def test_transfer_round_trip(tmp_path, trained_checkpoint):
     source = tmp_path / "source"
-    evaluate(attack_cfg(source, trained_checkpoint, "attack.save_images=true"))
+    evaluate(attack_cfg(source, trained_checkpoint, "attack_run.save_images=true"))
     replay = tmp_path / "replay"
-    evaluate(attack_cfg(replay, trained_checkpoint, f"attack.load_from={source}"))
+    evaluate(attack_cfg(replay, trained_checkpoint, f"attack_run.load_from={source}"))
     original = json.loads((source / "results.json").read_text())["images"]
     replayed = json.loads((replay / "results.json").read_text())["images"]
     for a, b in zip(original, replayed, strict=True):
@@ -69,7 +69,7 @@ def test_transfer_round_trip(tmp_path, trained_checkpoint):
         attack_cfg(
             other,
             trained_checkpoint,
-            f"attack.load_from={source}",
+            f"attack_run.load_from={source}",
             "model=bmshj2018_factorized",
             "model.weights=null",
             "model.allow_random_init=true",
@@ -101,7 +101,7 @@ def test_a_list_of_budgets_draws_a_robustness_curve(tmp_path, trained_checkpoint
             ValueError,
             "holds a ScaleHyperprior but model= builds a FactorizedPrior",
         ),
-        (["attack.load_from=/nonexistent"], FileNotFoundError, "lacks 2 adversarial image"),
+        (["attack_run.load_from=/nonexistent"], FileNotFoundError, "lacks 2 adversarial image"),
         (["split=train2"], ValueError, "split='train2' is not one of"),
     ],
 )
@@ -118,9 +118,9 @@ def test_a_target_of_another_size_fails_before_any_attack(tmp_path, trained_chec
     target = tmp_path / "target.png"
     iio.imwrite(target, np.zeros((64, 64, 3), dtype=np.uint8))
     cfg = attack_cfg(
-        tmp_path, trained_checkpoint, f"attack.target={target}", "attack.objective.kind=targeted"
+        tmp_path, trained_checkpoint, f"attack_run.target={target}", "attack.objective.kind=targeted"
     )
-    with pytest.raises(ValueError, match=r"attack.target=.*target.png' is \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"attack_run.target=.*target.png' is \(64, 64\)"):
         evaluate(cfg)
     assert not (tmp_path / "results.json").exists()
 
@@ -260,7 +260,7 @@ def test_batched_and_one_by_one_runs_agree(tmp_path, trained_checkpoint):
 def test_a_rate_attack_records_the_real_rate_and_coding_time(tmp_path, trained_checkpoint):
     from rnic.report import build_report
 
-    overrides = ["attack=apgd", "attack.steps=3", "attack.objective.kind=rate", "attack.save_images=true"]
+    overrides = ["attack=apgd", "attack.steps=3", "attack.objective.kind=rate", "attack_run.save_images=true"]
     (mean,) = evaluate(auto_cfg(tmp_path / "run", trained_checkpoint, *overrides))
     codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), trained_checkpoint).eval()
     codec.update(force=True)

@@ -19,8 +19,8 @@ from torchvision.transforms import v2
 
 from rnic import rd
 from rnic.coding import compress_decompress
-from rnic.config import file_sha256
 from rnic.defenses.dihedral import dihedral, inverse_dihedral
+from rnic.io import file_sha256
 from tests.conftest import ROOT, TINY, attack_cfg, compose_config
 
 ATTACK = ["model=bmshj2018_hyperprior", "model.N=32", "model.M=48", "data.val_crop=192"]
@@ -185,8 +185,8 @@ def test_check_recomputes_the_means_from_the_per_image_records(tmp_path, trained
 
 
 def test_ranges_never_modify_the_weights_and_other_weights_are_refused(tmp_path, trained_checkpoint):
+    from rnic.defenses.latent import measure_ranges
     from rnic.evaluation import evaluate_robustness
-    from rnic.latent_ranges import measure_ranges
 
     weights = tmp_path / "codec.ckpt"
     weights.write_bytes(trained_checkpoint.read_bytes())

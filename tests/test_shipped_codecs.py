@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
@@ -14,8 +15,9 @@ from rnic import rd
 from rnic.card import check_card
 from rnic.codecs import SHIPPED, build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
-from rnic.config import attack_spec, file_sha256
+from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
+from rnic.io import file_sha256
 from tests.conftest import compose_config
 
 ARCH = "bmshj2018_hyperprior_cpu"
@@ -84,16 +86,15 @@ def test_the_mix_weights_are_the_tours_method_at_each_quality(tmp_path):
     # model.robust=mix is documented as experiment=cpu_tour's run from each shipped quality: its card
     # records the adversary, method and budget it was trained with, and they must be the preset's.
     cfg = compose_config(tmp_path, "experiment=cpu_tour")
-    spec, _, (eps,) = attack_spec(cfg.attack)
+    spec, (eps,) = attack_spec(cfg.attack)
     for quality in qualities(ARCH):
         card = json.loads(shipped_weights(ARCH, "mse", quality, "mix").with_suffix(".json").read_text())
         trained = card["trained_against"]
         assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
         for key in ("objective", "threat", "alpha", "steps", "proxy"):
             assert trained[key] == spec[key], key
-        assert {k: card["adv"][k] for k in ("method", "target", "ratio", "train")} == {
-            k: cfg.adv[k] for k in ("method", "target", "ratio", "train")
-        }
+        assert card["method"] == get_class(cfg.method._target_).name
+        assert card["method_config"] == {k: v for k, v in cfg.method.items() if k[0] != "_"}
         assert card["passes"] >= cfg.module.max_passes and card["learning_rate"] == cfg.module.optimizer.lr
 
 
@@ -107,15 +108,14 @@ def test_every_robust_card_records_its_adversary_and_a_command_that_composes_to_
         script, *overrides = card["command"].removeprefix("python ").split()
         assert script == "train.py" and "/work/" not in path.with_suffix(".json").read_text()
         cfg = compose_config(tmp_path, *overrides)
-        spec, _, (eps,) = attack_spec(cfg.attack)
+        spec, (eps,) = attack_spec(cfg.attack)
         trained = card["trained_against"]
         assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
         assert {k: v for k, v in trained.items() if k not in ("attack", "eps")} == {
             k: spec[k] for k in trained if k not in ("attack", "eps")
         }
-        assert {k: card["adv"][k] for k in ("method", "target", "ratio", "train")} == {
-            k: cfg.adv[k] for k in ("method", "target", "ratio", "train")
-        }
+        assert card["method"] == get_class(cfg.method._target_).name
+        assert card["method_config"] == {k: v for k, v in cfg.method.items() if k[0] != "_"}
 
 
 def test_unknown_robust_weights_are_refused_in_one_line():

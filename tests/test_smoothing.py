@@ -137,7 +137,7 @@ def test_no_adaptive_attack_moves_the_smoothed_reconstruction_past_its_certifica
         "attack.threat=l2",
         "attack.eps=0.05",
         "attack.steps=10",
-        "attack.eot_samples=4",
+        "attack_run.eot_samples=4",
         "attack.round_8bit=false",
     ]  # at this radius 8-bit delivery would round the perturbation away
     cfg = smoothing_cfg(

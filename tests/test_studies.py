@@ -160,7 +160,13 @@ def test_wandb_runs_of_a_sweep_share_one_group(tmp_path):
 
 def test_a_transfer_matrix_holds_the_white_box_runs_on_its_diagonal(tmp_path, trained_checkpoint):
     sources = tmp_path / "sources"
-    attack = ["data.val_crop=192", "max_images=2", "attack=apgd", "attack.steps=2", "attack.save_images=true"]
+    attack = [
+        "data.val_crop=192",
+        "max_images=2",
+        "attack=apgd",
+        "attack.steps=2",
+        "attack_run.save_images=true",
+    ]
     codecs = {
         "hyperprior": [
             "model=bmshj2018_hyperprior",
@@ -172,7 +178,9 @@ def test_a_transfer_matrix_holds_the_white_box_runs_on_its_diagonal(tmp_path, tr
     }
     for name, model in codecs.items():
         overrides = (
-            [*attack, *model] if name == "hyperprior" else [*attack[:2], "attack.save_images=true", *model]
+            [*attack, *model]
+            if name == "hyperprior"
+            else [*attack[:2], "attack_run.save_images=true", *model]
         )
         run("attack.py", *overrides, f"hydra.run.dir={sources / name}")
     report = tmp_path / "report"

@@ -68,7 +68,7 @@ def test_a_training_step_takes_its_rates_lambda_and_gives_both_back():
     module = CodecModule(build_codec("mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24), quality=3)
     module.frozen["teacher"] = build_codec(
         "mbt2018_mean_vbr", quality=3, rate=3, N=16, M=24
-    )  # adv.method=teacher's
+    )  # method=teacher's
     assert module.lmbda == 0.0067
     with module.training_rate() as rate:
         assert module.codec.rate == module.frozen["teacher"].rate == rate != 3

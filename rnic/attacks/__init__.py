@@ -4,7 +4,7 @@ from rnic.attacks.apgd import APGD
 from rnic.attacks.base import Attack, NoAttack, ZeroGradientError, to_8bit
 from rnic.attacks.ensemble import AutoAttack, Ensemble, gradient_proxy, with_objective
 from rnic.attacks.objectives import Objective
-from rnic.attacks.pgd import PGD
+from rnic.attacks.pgd import PGD, RandomStartFGSM
 from rnic.attacks.proxy import quantization_proxy
 from rnic.attacks.square import Square
 from rnic.attacks.threat import DEFAULT_EPS, THREATS, Threat
@@ -14,6 +14,7 @@ __all__ = [
     "APGD",
     "DEFAULT_EPS",
     "PGD",
+    "RandomStartFGSM",
     "THREATS",
     "Attack",
     "AutoAttack",

@@ -18,7 +18,6 @@ from rnic.attacks.base import Attack, ZeroGradientError
 from rnic.attacks.objectives import Objective
 from rnic.attacks.pgd import PGD
 from rnic.attacks.square import Square
-from rnic.attacks.threat import Threat
 from rnic.attacks.threshold import ThresholdAttack
 from rnic.coding import CODING_DEVICE, coder_on, compress_decompress
 
@@ -78,7 +77,7 @@ def member_seed(seed: int | None, index: int) -> int | None:
     return None if seed is None else seed + index
 
 
-class Ensemble:
+class Ensemble(Attack):
     """Runs `members` in order on the same images (member k with seed + k), and keeps for each image the
     adversarial example whose REAL reconstruction (compressed and decompressed) is worst
     for the codec: by `select`, the lowest PSNR against the source (`psnr`) or the highest VI (`vi`).
@@ -99,9 +98,6 @@ class Ensemble:
     `coding_device` (default: the CPU, where CompressAI's coder is meant to run).
     """
 
-    settings = Attack.settings  # every constructor argument, read back from the attribute of its name
-    __repr__ = Attack.__repr__
-
     def __init__(
         self,
         codec: nn.Module,
@@ -120,6 +116,16 @@ class Ensemble:
         self.seed = seed
         self.last_report: dict | None = None
         self.coding_device = CODING_DEVICE  # not a setting: where it codes does not change the result
+
+    def settings(self) -> dict:
+        """The arguments of its constructor and its subclasses' (not Attack's: the budget, objective and
+        delivery are the members'), read back from the attributes of their names."""
+        names: dict[str, None] = {}
+        for cls in reversed(type(self).__mro__):
+            if issubclass(cls, Ensemble) and "__init__" in cls.__dict__:
+                names |= dict.fromkeys(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+        names.pop("codec", None)
+        return {name: getattr(self, name) for name in names}
 
     @property
     def gradient_free(self) -> bool:
@@ -235,7 +241,7 @@ class AutoAttack(Ensemble):
         round_8bit: bool = False,
         seed: int | None = 0,
     ):
-        eps = Threat(threat).budget(eps)
+        eps = self.bind_threat(threat, eps)
         if proxy is not None:
             raise ValueError(
                 f"attack.proxy={proxy!r}: attack=auto runs APGD under each of {', '.join(GRADIENT_PROXIES)} "
@@ -268,7 +274,7 @@ class AutoAttack(Ensemble):
             members["threshold"] = ThresholdAttack(
                 codec,
                 eps=eps,
-                box=Threat(threat).box,
+                box=self.threat_model.box,
                 steps=adam_steps,
                 select="best",  # an ensemble keeps admissible examples only
                 objective=Objective(kind="distortion", reference="clean", distortion=objective.metric),
@@ -283,7 +289,6 @@ class AutoAttack(Ensemble):
             **common,
         )
         super().__init__(codec, members, select=select, seed=seed)
-        self.threat = threat
         self.eps = eps
         self.steps = int(steps)
         self.queries = int(queries)

@@ -54,3 +54,19 @@ class PGD(Attack):
                 with torch.no_grad():
                     x_adv = threat.project(x, x_adv + alpha * threat.ascent(grad), eps)
         return x_adv
+
+
+class RandomStartFGSM(PGD):
+    """One ascent step of `step_scale` x the threat's radius from a random start (Wong et al.): uniform in the
+    L-inf box, on the sphere of the budget for l2 and mse (Threat.random_start)."""
+
+    def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
+        super().__init__(codec, steps=1, random_start=True, **kwargs)
+        self.step_scale = step_scale
+
+    def perturb(self, x: Tensor, ctx, eps: Tensor) -> Tensor:
+        self.alpha = self.step_scale * self.threat_model.radius(x, eps)
+        try:
+            return super().perturb(x, ctx, eps)
+        finally:
+            self.alpha = None

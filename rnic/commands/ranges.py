@@ -10,4 +10,4 @@ from rnic.jobs import run_job
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="attack")
 def main(cfg: DictConfig) -> None:
-    run_job("rnic.latent_ranges:measure_ranges", cfg)
+    run_job("rnic.defenses.latent:measure_ranges", cfg)

@@ -34,7 +34,7 @@ class DefendedCodec(nn.Module):
         super().__init__()
         defenses = list(defenses.values()) if isinstance(defenses, Mapping) else list(defenses)
         if int(eot_samples) < 1:
-            raise ValueError(f"attack.eot_samples={eot_samples} must be >= 1")
+            raise ValueError(f"attack_run.eot_samples={eot_samples} must be >= 1")
         self.codec = codec
         self.stages = nn.ModuleList([d for d in defenses if isinstance(d, ImageDefense)])
         self.inner = nn.ModuleList([d for d in defenses if isinstance(d, CodecDefense)])

@@ -1,18 +1,21 @@
 """Chen & Ma's latent clamping, and the ranges it clamps to: each channel of y = g_a(x) measured on clean
-training images (`ranges.py`, rnic.latent_ranges), stored in a ranges file beside the weights (or inside an
-rnic checkpoint), read back and checked against the weights they were measured on."""
+training images (`ranges.py`'s job, `measure_ranges` below), stored in a ranges file beside the weights (or
+inside an rnic checkpoint), read back and checked against the weights they were measured on."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from rnic import rd
 from rnic.defenses.inner import CodecDefense
+from rnic.io import file_sha256
 
 # Where a checkpoint keeps latent_clamp's measured ranges (rnic checkpoints) or a ranges file keeps them.
 RANGES_KEY = "latent_ranges"
@@ -27,7 +30,7 @@ def ranges_file(weights: str | Path) -> Path:
 
 def read_latent_ranges(path: str | Path) -> dict:
     """The latent ranges of a ranges file, of the ranges file beside a weights file (`ranges_file`), or
-    stored inside an rnic checkpoint (`rnic.latent_ranges`)."""
+    stored inside an rnic checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"defense.latent_clamp.ranges_from={str(path)!r}: no such file")
@@ -137,8 +140,6 @@ def save_latent_ranges(path: str | Path, ranges: dict) -> Path:
 
 def check_ranges_match(ranges: dict, weights: str | Path) -> None:
     """Ranges measured on other weights would clamp this codec's latents to another codec's ranges."""
-    from rnic.config import file_sha256
-
     if ranges["inside_weights"] and Path(ranges["file"]).resolve() == Path(weights).resolve():
         return  # stored inside these very weights
     stored, actual = ranges.get("weights_sha256"), file_sha256(weights)
@@ -149,3 +150,53 @@ def check_ranges_match(ranges: dict, weights: str | Path) -> None:
             f"but model.weights={str(weights)!r} has SHA-256 {actual[:16]}...: measure them on these weights "
             f"(`python ranges.py model.weights={weights}`)"
         )
+
+
+def measure_ranges(cfg: DictConfig) -> dict:
+    """`python ranges.py model.weights=CKPT`'s job: the ranges of y over the images of `ranges_split` (default
+    train), whole, stored in a ranges file beside the weights (`CKPT.latent_ranges.pt`) with the weights'
+    SHA-256; the weights file itself is never modified."""
+    from rnic.classical import ClassicalCodec  # the job's own needs (data: Lightning), not the defence's
+    from rnic.codecs import load_weights
+    from rnic.config import build
+    from rnic.data import SPLITS, ImageDataset
+
+    weights = cfg.model.get("weights")
+    if not weights:
+        raise ValueError(
+            "model.weights is not set: ranges.py measures the latent ranges of trained weights "
+            "(an untrained codec's ranges defend nothing)"
+        )
+    split = cfg.get("ranges_split") or "train"
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("max_images") is not None and int(cfg.max_images) < 1:
+        raise ValueError(f"max_images={cfg.max_images} must be >= 1 (null: every image of the split)")
+    codec = build(cfg.model.codec)
+    if isinstance(codec, ClassicalCodec) or not hasattr(codec, "g_a"):
+        name = cfg.model.codec.get("format") or type(codec).__name__
+        raise ValueError(f"model={name} has no latent y to clamp: ranges.py measures a learned codec's")
+    load_weights(codec, weights).eval()
+    files = build(cfg.data).prepare((split,))[split]
+    if cfg.get("max_images") is not None:
+        files = files[: cfg.max_images]
+    if not files:
+        raise ValueError(f"split={split!r} of data={cfg.data.source} has no images to measure ranges on")
+    dataset = ImageDataset(files)
+    ranges = measure_latent_ranges(codec, (dataset[i] for i in range(len(dataset))))
+    ranges.update(split=split, weights_sha256=file_sha256(weights))
+    target = ranges_file(weights)
+    if not os.access(target.parent, os.W_OK):  # e.g. weights inside a read-only installation
+        target = Path(cfg.paths.output_dir) / target.name
+    save_latent_ranges(target, ranges)
+    width = [high - low for low, high in zip(ranges["low"], ranges["high"], strict=True)]
+    print(
+        f"latent ranges of {len(width)} channels over {ranges['images']} {split} image(s) "
+        f"(median width {sorted(width)[len(width) // 2]:.3g}) stored in {target}"
+        + (
+            ""
+            if target == ranges_file(weights)
+            else f"\nuse them with defense.latent_clamp.ranges_from={target}"
+        )
+    )
+    return ranges

@@ -33,7 +33,7 @@ def rd_step(codec: nn.Module, inputs: Tensor, targets: Tensor, lmbda: float, met
 
 
 class TrainingMethod:
-    """A training method (`adv.method`): the loss of each training step of a CodecModule, from the batch
+    """A training method (`method=`): the loss of each training step of a CodecModule, from the batch
     and the examples `attack` makes against the current codec.
 
     - `ratio`: the fraction of each batch (its first ceil(ratio x B) images) the method attacks.
@@ -41,6 +41,11 @@ class TrainingMethod:
       `input` itself (Chen & Ma's choice) or the clean `source` (mix, free, fast).
     - `warmup_steps`: the budget grows linearly from 0 to the attack's `eps` over these steps.
     - `validate`: also validate and test on the attacked val/test images.
+    - `train`: which parts of the codec learn (all | encoder | decoder), applied to the codec by the
+      training job (rnic.methods.train_only), to the clean control too.
+
+    Each setting comes from the method's yaml (rnic/conf/method/<name>.yaml, the shared ones from
+    rnic/conf/shared/method_common.yaml); `name` is what runs record the method under.
 
     A method implements `training_loss(module, x) -> Step`. It may keep state in checkpoints
     (`state_dict`, `load_state_dict`), use the input gradient of the loss's backward (`after_backward`),
@@ -61,18 +66,20 @@ class TrainingMethod:
         target: str = "input",
         warmup_steps: int = 0,
         validate: bool = True,
+        train: str = "all",
     ):
         if not 0 <= ratio <= 1:
-            raise ValueError(f"adv.ratio={ratio} must be in [0, 1]")
+            raise ValueError(f"method.ratio={ratio} must be in [0, 1]")
         if target not in TARGETS:
-            raise ValueError(f"adv.target={target!r} is unknown; choose input or source")
+            raise ValueError(f"method.target={target!r} is unknown; choose input or source")
         if int(warmup_steps) < 0:
-            raise ValueError(f"adv.warmup_steps={warmup_steps} must be >= 0")
+            raise ValueError(f"method.warmup_steps={warmup_steps} must be >= 0")
         self.attack = attack
         self.ratio = ratio
         self.target = target
         self.warmup_steps = int(warmup_steps)
         self.validate = validate
+        self.train = train
 
     def training_loss(self, module, x: Tensor) -> Step:
         """The loss of one training step of `module` (a CodecModule) on the batch `x`."""

@@ -1,4 +1,4 @@
-"""`adv.method=none` (clean training, the equal-compute control) and `adv.method=noise` (Gaussian noise on
+"""`method=none` (clean training, the equal-compute control) and `method=noise` (Gaussian noise on
 the inputs, for center smoothing)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class NoiseTraining(TrainingMethod):
     def __init__(self, attack: Attack, sigma: float = 0.05, **kwargs):
         super().__init__(attack, **kwargs)
         if not float(sigma) > 0:
-            raise ValueError(f"adv.sigma={sigma} must be > 0 (the noise std of adv.method=noise)")
+            raise ValueError(f"method.sigma={sigma} must be > 0 (the noise std of method=noise)")
         self.sigma = float(sigma)
         if isinstance(attack, NoAttack):
             self.validate = False  # no attack to validate under

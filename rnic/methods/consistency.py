@@ -23,7 +23,7 @@ class ConsistencyTraining(TrainingMethod):
     on its first `ratio`, D the training metric's distortion (255^2 MSE or 1 - MS-SSIM), the reference the
     clean reconstruction; the attack maximises D between the adversarial and the clean reconstruction.
 
-    - `proxy`: the quantisation both reconstructions of the term go through: `ste` (the real rounding the
+    - `term_proxy`: the quantisation both reconstructions of the term go through: `ste` (the real rounding the
       attacker faces, straight-through gradient), `skip`, or `noise` (the training forward's own noise,
       the clean reconstruction of the RD loss reused as the reference).
     - `detach`: the reference is fixed (no gradient): the term moves the adversarial reconstruction toward
@@ -39,16 +39,18 @@ class ConsistencyTraining(TrainingMethod):
         attack: Attack,
         beta: float = 1.0,
         metric: str = "mse",
-        proxy: str = "ste",
+        term_proxy: str = "ste",
         detach: bool = True,
         adversary: str = "attack",
         **kwargs,
     ):
-        if proxy not in ("ste", "skip", "noise"):
-            raise ValueError(f"adv.proxy={proxy!r} is unknown; choose one of: ste, skip, noise")
+        if term_proxy not in ("ste", "skip", "noise"):
+            raise ValueError(f"method.term_proxy={term_proxy!r} is unknown; choose one of: ste, skip, noise")
+        if not float(beta) >= 0:
+            raise ValueError(f"method.beta={beta} must be >= 0")
         if adversary not in ADVERSARIES:
             choices = ", ".join(ADVERSARIES)
-            raise ValueError(f"adv.adversary={adversary!r} is unknown; choose one of: {choices}")
+            raise ValueError(f"method.adversary={adversary!r} is unknown; choose one of: {choices}")
         objective = self.attack_objective(attack, metric)
         if adversary == "single_step":
             attack = single_step_of(attack, self.name, objective)
@@ -57,7 +59,7 @@ class ConsistencyTraining(TrainingMethod):
         super().__init__(attack, **kwargs)
         self.beta = float(beta)
         self.metric = metric
-        self.proxy = proxy
+        self.term_proxy = term_proxy
         self.detach = bool(detach)
         self.adversary = adversary
 
@@ -67,7 +69,7 @@ class ConsistencyTraining(TrainingMethod):
 
     def reference(self, module, x: Tensor, clean: Step) -> Tensor:
         """The clean reconstruction of `x` (the batch's first images) under the term's proxy."""
-        if self.proxy == "noise":
+        if self.term_proxy == "noise":
             reference = clean.x_hat[: x.shape[0]]
             return reference.detach() if self.detach else reference
         with torch.set_grad_enabled(not self.detach and torch.is_grad_enabled()):
@@ -75,7 +77,7 @@ class ConsistencyTraining(TrainingMethod):
 
     def term(self, module, source: Tensor, adversarial: Tensor, clean: Step) -> Tensor:
         """Per image: lmbda * D(x_hat(adversarial), reference)."""
-        with quantization_proxy(module.codec, self.proxy):
+        with quantization_proxy(module.codec, self.term_proxy):
             x_hat_adv = rd.forward_padded(module.codec, adversarial)[0]
             reference = self.reference(module, source, clean)
         return module.lmbda * rd_distortion(x_hat_adv, reference, self.metric)
@@ -99,8 +101,8 @@ class ConsistencyTraining(TrainingMethod):
 
     def __repr__(self) -> str:
         return (
-            super().__repr__()[:-1]
-            + f", beta={self.beta}, proxy={self.proxy}, detach={self.detach}, adversary={self.adversary})"
+            super().__repr__()[:-1] + f", beta={self.beta}, term_proxy={self.term_proxy}, "
+            f"detach={self.detach}, adversary={self.adversary})"
         )
 
 
@@ -142,7 +144,7 @@ class LatentConsistency(ConsistencyTraining):
     def __init__(self, attack: Attack, **kwargs):
         if not isinstance(getattr(attack.codec, "g_a", None), nn.Module):
             raise ValueError(
-                f"adv.method=latent needs the codec's analysis transform g_a; {type(attack.codec).__name__} "
+                f"method=latent needs the codec's analysis transform g_a; {type(attack.codec).__name__} "
                 "has none"
             )
         super().__init__(attack, **kwargs)
@@ -160,7 +162,7 @@ def load_teacher(teacher: nn.Module, path: str) -> None:
     state, codec_class = read_codec_state(path)
     if codec_class is not None and codec_class != type(teacher).__name__:
         raise ValueError(
-            f"adv.teacher={str(path)!r} holds a {codec_class}, the student is a {type(teacher).__name__}: "
+            f"method.teacher={str(path)!r} holds a {codec_class}, the student is a {type(teacher).__name__}: "
             "the teacher must be the same architecture"
         )
     try:
@@ -168,6 +170,6 @@ def load_teacher(teacher: nn.Module, path: str) -> None:
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
         raise ValueError(
-            f"adv.teacher={str(path)!r} is not the student's architecture ({type(teacher).__name__} "
+            f"method.teacher={str(path)!r} is not the student's architecture ({type(teacher).__name__} "
             f"as model= configures it): {detail}"
         ) from None

@@ -1,36 +1,20 @@
-"""`adv.method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
+"""`method=fast` (Wong et al. 2020): a single random-start step per batch (the start uniform in the L-inf
 box, on the budget's sphere for l2 and mse), guarded against catastrophic overfitting; the single step also
-serves the other methods (`adv.adversary=single_step`)."""
+serves the other methods (`method.adversary=single_step`)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnic import rd
-from rnic.attacks import PGD, Attack, Objective, gradient_proxy, quantization_proxy
+from rnic.attacks import Attack, Objective, RandomStartFGSM, gradient_proxy, quantization_proxy
 from rnic.methods.base import Step, TrainingMethod, rd_step
 from rnic.methods.free import threat_of
 
 log = logging.getLogger(__name__)
-
-
-class RandomStartFGSM(PGD):
-    """One ascent step of `step_scale` x the threat's radius from a random start (Wong et al.): uniform in the
-    L-inf box, on the sphere of the budget for l2 and mse (Threat.random_start)."""
-
-    def __init__(self, codec: nn.Module, step_scale: float = 1.25, **kwargs):
-        super().__init__(codec, steps=1, random_start=True, **kwargs)
-        self.step_scale = step_scale
-
-    def perturb(self, x: Tensor, ctx, eps: Tensor) -> Tensor:
-        self.alpha = self.step_scale * self.threat_model.radius(x, eps)
-        try:
-            return super().perturb(x, ctx, eps)
-        finally:
-            self.alpha = None
 
 
 def single_step_of(attack: Attack, method: str, objective: Objective | None = None) -> RandomStartFGSM:
@@ -52,8 +36,7 @@ def objective_value(attack: Attack, x: Tensor, x_adv: Tensor) -> Tensor:
     codec = attack.codec
     with rd.evaluating(codec), torch.no_grad(), quantization_proxy(codec, gradient_proxy(attack)):
         ctx = attack.objective.context(codec, x, None, None)
-        # Attack.value: an ensemble (auto) has none of its own, but the same codec and objective
-        return Attack.value(attack, x_adv, ctx).mean()
+        return attack.value(x_adv, ctx).mean()
 
 
 class FastTraining(TrainingMethod):
@@ -70,7 +53,7 @@ class FastTraining(TrainingMethod):
         super().__init__(attack, **kwargs)
         if int(guard_every) < 0 or not guard_ratio > 0:
             raise ValueError(
-                f"adv.guard_every={guard_every} must be >= 0 and adv.guard_ratio={guard_ratio} > 0"
+                f"method.guard_every={guard_every} must be >= 0 and method.guard_ratio={guard_ratio} > 0"
             )
         self.single_step = single_step_of(attack, self.name)
         self.guard_every = int(guard_every)
@@ -109,8 +92,8 @@ class FastTraining(TrainingMethod):
             self.collapsed_at = module.global_step
             self.guard_values = (strong_value, single_value)
             log.warning(
-                "adv.method=fast: catastrophic overfitting at step %d: the guard's attack reaches an "
-                "objective of %.4g, the single step only %.4g (ratio %.2f > adv.guard_ratio=%g); the rest "
+                "method=fast: catastrophic overfitting at step %d: the guard's attack reaches an "
+                "objective of %.4g, the single step only %.4g (ratio %.2f > method.guard_ratio=%g); the rest "
                 "of the run trains on %s's examples",
                 module.global_step,
                 strong_value,

@@ -1,4 +1,4 @@
-"""`adv.method=free` (Shafahi et al. 2019): each batch replayed, one backward per replay giving the codec's
+"""`method=free` (Shafahi et al. 2019): each batch replayed, one backward per replay giving the codec's
 gradient and the input gradient that moves a perturbation carried from replay to replay."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from rnic.methods.base import Step, TrainingMethod, rd_step
 
 def threat_of(attack: Attack, method: str) -> Threat:
     """The threat model of the configured attack (free and fast move inside it themselves)."""
-    name = getattr(attack, "threat", None)
-    if name is None:
+    threat = getattr(attack, "threat_model", None)
+    if threat is None:
         raise ValueError(
-            f"adv.method={method} needs an attack with a threat model (attack=linf, l2, apgd or auto); "
+            f"method={method} needs an attack with a threat model (attack=linf, l2, apgd or auto); "
             f"{type(attack).__name__} has none"
         )
-    return Threat(name, box=getattr(attack, "box", None)) if name != "linf" else Threat(name)
+    return threat
 
 
 class FreeTraining(TrainingMethod):
@@ -32,6 +32,8 @@ class FreeTraining(TrainingMethod):
 
     def __init__(self, attack: Attack, replays: int = 4, **kwargs):
         super().__init__(attack, **kwargs)
+        if int(replays) != replays or int(replays) < 1:
+            raise ValueError(f"method.replays={replays} must be an integer >= 1 (free's replays per batch)")
         self.replays = int(replays)
         self.threat = threat_of(attack, self.name)
         self._held: Tensor | None = None

@@ -1,6 +1,6 @@
-"""`adv.method=jacobian`: the clean RD loss plus an input-gradient (Jacobian) penalty, the regulariser of
+"""`method=jacobian`: the clean RD loss plus an input-gradient (Jacobian) penalty, the regulariser of
 Cao et al.'s robust teacher: train a codec with it, then distil it into the student with
-`adv.method=teacher adv.teacher=<its checkpoint>`."""
+`method=teacher method.teacher=<its checkpoint>`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,11 @@ class JacobianPenalty(TrainingMethod):
     ):
         super().__init__(attack, **kwargs)
         if not 0 < float(jacobian_step) <= 1:
-            raise ValueError(f"adv.jacobian_step={jacobian_step} must be in (0, 1] (pixel values in [0, 1])")
+            raise ValueError(
+                f"method.jacobian_step={jacobian_step} must be in (0, 1] (pixel values in [0, 1])"
+            )
+        if not float(beta) >= 0:
+            raise ValueError(f"method.beta={beta} must be >= 0")
         self.beta = float(beta)
         self.jacobian_step = float(jacobian_step)
         self.metric = metric

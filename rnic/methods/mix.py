@@ -1,4 +1,4 @@
-"""`adv.method=mix`: part of every training batch replaced by adversarial examples generated against the
+"""`method=mix`: part of every training batch replaced by adversarial examples generated against the
 current codec."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class MixTraining(TrainingMethod):
     def __init__(self, attack: Attack, every: int = 1, **kwargs):
         super().__init__(attack, **kwargs)
         if int(every) < 1:
-            raise ValueError(f"adv.every={every} must be >= 1")
+            raise ValueError(f"method.every={every} must be >= 1")
         self.every = int(every)
         self._delta: Tensor | None = None
 

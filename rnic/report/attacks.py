@@ -44,7 +44,7 @@ def attack_rows(root: Path, skipped: list[str]) -> list[dict]:
         if folder.name.startswith("eps_"):
             eps = float(folder.name[4:])
         weights = (config.get("model") or {}).get("weights")
-        defense = {  # defense=none runs have none; attack.adaptive matters only behind a defense
+        defense = {  # defense=none runs have none; attack_run.adaptive matters only behind a defense
             "defense": "+".join(data.get("defense") or ["none"]),
             "adaptive": data.get("adaptive", True),
             "weights_path": str(Path(weights).resolve()) if weights else None,

@@ -1,4 +1,4 @@
-"""Transfer matrices: every saved adversarial set (attack.py with attack.save_images=true) coded by every
+"""Transfer matrices: every saved adversarial set (attack.py with attack_run.save_images=true) coded by every
 source run's codec, on real bitstreams. Rows: the codec the images were attacked on; columns: the codec
 that codes them; the diagonal is the white-box case."""
 
@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from rnic.config_groups import attack_job_base
 from rnic.io import write_csv
 
 TRANSFER_COLUMNS = ("source", "target", "psnr_clean", "psnr_adv", "psnr_drop", "vi", "bpp_adv")
@@ -24,7 +25,7 @@ def source_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         folders = ", ".join(map(str, paths))
         raise FileNotFoundError(
-            f"no adversarial images under {folders}: run attack.py with attack.save_images=true"
+            f"no adversarial images under {folders}: run attack.py with attack_run.save_images=true"
         )
     return runs
 
@@ -47,14 +48,11 @@ def transfer_matrix(paths: list[Path], out: Path) -> list[dict]:
     for i, source in enumerate(runs):
         source_cfg = OmegaConf.load(source / "config.yaml")
         for j, target in enumerate(runs):
-            cfg = OmegaConf.load(target / "config.yaml")
+            cfg = OmegaConf.merge(attack_job_base(), OmegaConf.load(target / "config.yaml"))
             # The source's images, split and crops, coded by the target's codec and weights.
             cfg.data, cfg.split, cfg.max_images = source_cfg.data, source_cfg.split, source_cfg.max_images
-            cfg.attack = {
-                **OmegaConf.to_container(source_cfg.attack),
-                "load_from": str(source),
-                "save_images": False,
-            }
+            cfg.attack = source_cfg.attack
+            cfg.attack_run.load_from, cfg.attack_run.save_images = str(source), False
             cfg.paths.output_dir = str(out / "transfer" / f"{i}_to_{j}")
             (mean,) = evaluate_robustness(cfg)
             drop = None if mean["psnr_adv"] is None else mean["psnr_clean"] - mean["psnr_adv"]
