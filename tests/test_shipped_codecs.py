@@ -21,6 +21,8 @@ from rnic.io import file_sha256
 from tests.conftest import compose_config
 
 ARCH = "bmshj2018_hyperprior_cpu"
+
+
 def card_of(quality: int, arch: str = ARCH) -> dict:
     return json.loads(shipped_weights(arch, "mse", quality).with_suffix(".json").read_text())
 
