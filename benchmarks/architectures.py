@@ -51,8 +51,8 @@ from rnic.classical import LABELS, REFERENCES
 from rnic.config import codec_from_config
 from rnic.data import SampleImages, read_image
 from rnic.evaluation import evaluate_robustness
+from rnic.evaluation.pairs import coding_time
 from rnic.io import write_json
-from rnic.pairs import coding_time
 from rnic.report.bd import bd_or_none
 
 # The shipped architectures: attack.py overrides of each row ({quality}: each rate point).

@@ -27,7 +27,7 @@ from rnic import rd
 from rnic.attacks import APGD, PGD, AutoAttack, ThresholdAttack, quantization_proxy
 from rnic.codecs import build_codec, load_weights
 from rnic.data import SampleImages, read_image
-from rnic.pairs import code_pair
+from rnic.evaluation.pairs import code_pair
 
 
 def train_small_codec(output_dir: Path) -> Path:

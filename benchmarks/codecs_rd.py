@@ -35,7 +35,6 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import codecs, rd
-from rnic.card import portable, versions
 from rnic.classical import LABELS, REFERENCES, matched_reference
 from rnic.codecs import (
     SHIPPED,
@@ -49,6 +48,7 @@ from rnic.codecs import (
 )
 from rnic.coding import compress_decompress
 from rnic.data import SampleImages, read_image
+from rnic.evaluation.card import portable, versions
 from rnic.io import atomic_write, file_sha256, write_json, write_png
 from rnic.report.bd import bd_psnr, bd_rate
 

@@ -22,11 +22,11 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
-from rnic.card import portable, versions
 from rnic.codecs import build_codec, load_weights, read_codec_state, shipped_architecture, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
+from rnic.evaluation.card import portable, versions
 from rnic.io import atomic_write, file_sha256, write_json
 
 FIGURES = (

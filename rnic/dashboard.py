@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnic.classical import REFERENCES
 
-# attack.py's per-image table on W&B: the image, then these columns of its records (rnic.records).
+# attack.py's per-image table on W&B: the image, then these columns of its records (rnic.evaluation.records).
 TABLE_COLUMNS = (
     "psnr_clean", "psnr_adv", "msssim_clean", "msssim_adv", "bpp_clean", "bpp_adv", "vi", "psnr_in",
     *(f"{kind}_{name}" for name in REFERENCES for kind in ("psnr", "bpp")),

@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rnic import rd
 from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
-from rnic.card import build_card, write_card
 from rnic.classical import REFERENCES, ClassicalCodec, matched_reference, reference_line
 from rnic.coding import compress_decompress, device_of
 from rnic.config import build, build_attacks, codec_from_config, config_group
+from rnic.evaluation.card import build_card, write_card
 from rnic.image_sets import image_names, image_set
 from rnic.io import write_json
 from rnic.jobs import check_paths, write_run_record

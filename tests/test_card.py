@@ -4,8 +4,9 @@ import json
 import subprocess
 import sys
 
-from rnic.card import CARD_FILE, check_card
 from rnic.evaluation import evaluate_robustness
+from rnic.evaluation.card import CARD_FILE
+from rnic.evaluation.checks import check_card
 from tests.conftest import ROOT, compose_config
 
 

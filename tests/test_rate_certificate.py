@@ -108,8 +108,8 @@ def test_no_rate_attack_through_the_deployed_encoder_exceeds_the_bound(trained_c
 def test_certify_rate_runs_end_to_end_and_refuses_other_encoders(tmp_path, trained_checkpoint, capsys):
     """The records, the means in results.json and the card, the CSV, the printed table and the report's
     figure; bad settings refused before anything is written."""
-    from rnic.card import check_card
     from rnic.evaluation import evaluate_robustness
+    from rnic.evaluation.checks import check_card
     from rnic.report.page import build_report
 
     def cfg(*overrides):

@@ -11,7 +11,7 @@ from rnic import rd
 from rnic.codecs import build_codec, load_weights
 from rnic.data import read_image
 from rnic.evaluation import evaluate_robustness as evaluate
-from rnic.records import IMAGE_COLUMNS
+from rnic.evaluation.records import IMAGE_COLUMNS
 from tests.conftest import ROOT, attack_cfg, compose_config, tiny_widths
 
 FIELDS = {"image", *IMAGE_COLUMNS}

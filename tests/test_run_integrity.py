@@ -172,8 +172,8 @@ def test_refused_attack_reruns_change_nothing_and_unreadable_records_are_named(t
 
 
 def test_check_recomputes_the_means_from_the_per_image_records(tmp_path, trained_checkpoint):
-    from rnic.card import check_card
     from rnic.evaluation import evaluate_robustness
+    from rnic.evaluation.checks import check_card
 
     evaluate_robustness(attack_cfg(tmp_path, trained_checkpoint, steps=2))
     assert check_card(tmp_path) == []
@@ -214,7 +214,7 @@ def test_ranges_never_modify_the_weights_and_other_weights_are_refused(tmp_path,
 
 def test_a_missed_rate_target_is_recorded_and_the_key_keeps_no_unused_quality(tmp_path):
     from rnic.evaluation import evaluate_robustness
-    from rnic.records import run_key
+    from rnic.evaluation.records import run_key
 
     cfg = compose_config(
         tmp_path, "model=jpeg", "model.target_bpp=0.001", "attack=none", "max_images=2", config_name="attack"

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
-from rnic.card import check_card
 from rnic.codecs import SHIPPED, build_codec, qualities, rd_lambda, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
+from rnic.evaluation.checks import check_card
 from rnic.io import file_sha256
 from tests.conftest import compose_config
 

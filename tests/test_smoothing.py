@@ -13,8 +13,8 @@ import torch
 from rnic import rd
 from rnic.attacks import NoAttack
 from rnic.coding import compress_decompress
+from rnic.defenses.smoothing import CenterSmoothing, SmoothedCodec, center_of, certified_level, min_samples
 from rnic.methods import NoiseTraining, rd_step
-from rnic.smoothing import CenterSmoothing, SmoothedCodec, center_of, certified_level, min_samples
 from tests.conftest import compose_config
 
 # Small enough for the suite; alpha small enough that the honesty test cannot flake.
@@ -79,8 +79,8 @@ def test_abstention_is_a_first_class_outcome(trained_codec, photos):
     """The stream says whether the center passed its check; an attacked image whose center fails is
     abstained, not certified, and the certified means count it (a seed of a reproducible stream where
     the clean center passes and the attacked one fails: the check is a coin flip at these settings)."""
-    from rnic.pairs import code_pair
-    from rnic.smoothing import certified_means, certify_images
+    from rnic.defenses.smoothing import certified_means, certify_images
+    from rnic.evaluation.pairs import code_pair
 
     x = photos[:1, :, :32, :32]
     x_adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -129,8 +129,8 @@ def test_no_adaptive_attack_moves_the_smoothed_reconstruction_past_its_certifica
 ):
     """APGD under the L2 threat at the certified radius, through the smoothing with EOT, on real bitstreams:
     the attacked smoothed reconstruction stays within the certified PSNR floor of the clean one."""
-    from rnic.card import check_card
     from rnic.evaluation import evaluate_robustness
+    from rnic.evaluation.checks import check_card
 
     attack = [
         "attack=apgd",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rnic import rd
-from rnic.console import results_table
+from rnic.evaluation.console import results_table
 from rnic.report.methods import method_table
 
 

@@ -34,7 +34,7 @@ REFERENCES = ("clean", "source")
 def real_figures(coder: nn.Module, x: Tensor, x_adv: Tensor, clean_hat: Tensor) -> tuple[Tensor, Tensor]:
     """Per image, on decoded bitstreams: the PSNR of the adversarial reconstruction against the source,
     and the VI (rd.vulnerability_index: NaN for an unperturbed image)."""
-    with rng.measured_draws():  # behind a random defense: the draw attack.py reports (rnic.pairs)
+    with rng.measured_draws():  # behind a random defense: the draw attack.py reports (rnic.evaluation.pairs)
         adv_hat = compress_decompress(coder, x_adv)[0]
     return rd.psnr(adv_hat, x), rd.vulnerability_index(adv_hat, clean_hat, x_adv, x)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rnic.jobs import USER_ERRORS, quiet_third_party
 
 quiet_third_party()  # before CompressAI's import warns
-from rnic.card import check_card  # noqa: E402
+from rnic.evaluation.checks import check_card  # noqa: E402
 from rnic.report import build_report  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from rnic.defenses.codec import DefendedCodec
 from rnic.defenses.image import ImageDefense
 from rnic.defenses.inner import CodecDefense
-from rnic.smoothing import CenterSmoothing, SmoothedCodec
+from rnic.defenses.smoothing import CenterSmoothing, SmoothedCodec
 
 # What a defence builds to: a subclass of one of these.
 DEFENSE_BASES = (ImageDefense, CodecDefense, CenterSmoothing)

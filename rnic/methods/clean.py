@@ -22,8 +22,8 @@ class CleanTraining(TrainingMethod):
 
 class NoiseTraining(TrainingMethod):
     """`noise`: Gaussian noise of `sigma` on the first `ratio` of each batch, the clean source as the target:
-    a codec that reconstructs well from noisy inputs, for center smoothing (rnic.smoothing). It needs no
-    attack (attack=none); with one, the attack validates only."""
+    a codec that reconstructs well from noisy inputs, for center smoothing (rnic.defenses.smoothing). It
+    needs no attack (attack=none); with one, the attack validates only."""
 
     name = "noise"
     needs_attack = False

@@ -10,8 +10,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from rnic.card import read_json
 from rnic.classical import LABELS, REFERENCES
+from rnic.evaluation.card import read_json
 from rnic.image_sets import image_set, set_label
 from rnic.report.runs import defense_of, describe, label, read_card, run_config
 

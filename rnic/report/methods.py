@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from rnic import rd
-from rnic.card import read_json
+from rnic.evaluation.card import read_json
 from rnic.report.bd import bd_psnr, bd_rate
 from rnic.report.paper import readable_ticks
 

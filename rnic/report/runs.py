@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rnic.card import CARD_FILE, read_json
 from rnic.classical import LABELS
+from rnic.evaluation.card import CARD_FILE, read_json
 
 
 def run_config(folder: Path) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from rnic.card import read_json
+from rnic.evaluation.card import read_json
 from rnic.image_sets import set_label
 from rnic.jobs import ERROR_FILE
 from rnic.report.runs import describe, read_card, run_config

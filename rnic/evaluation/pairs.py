@@ -1,5 +1,5 @@
 """Figures of images and their adversarial versions, coded for real: one record per image (what attack.py's
-results hold, see `rnic.records` for their columns)."""
+results hold, see `rnic.evaluation.records` for their columns)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rnic.attacks.rng import measured_draws
 from rnic.classical import matched_reference
 from rnic.coding import compress_decompress, device_of
 
-# A rate attack's coding times (rnic.records.RATE_COLUMNS) are the median of this many codings.
+# A rate attack's coding times (rnic.evaluation.records.RATE_COLUMNS) are the median of this many codings.
 CODING_REPEATS = 3
 
 

@@ -239,7 +239,7 @@ class SmoothedCodec(nn.Module):
         """Each image's center copy, coded for real, and whether its center passed the check (a byte)."""
         with rd.evaluating(self.codec):  # the real rounding, whatever mode the codec was left in
             predictions = [self.smoothing.predict(self.codec, image) for image in x]
-        self.last_choice = {  # per image, into attack.py's records (rnic.pairs.code_pair)
+        self.last_choice = {  # per image, into attack.py's records (rnic.evaluation.pairs.code_pair)
             "smoothing_abstain": [p["abstain"] for p in predictions],
             "smoothing_radius": [p["radius"] for p in predictions],
             "smoothing_seed": [p["seed"] for p in predictions],  # reproduces the encoder's draws

@@ -17,22 +17,28 @@ from tqdm import tqdm
 
 from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.budgets import format_budget
-from rnic.card import build_card
 from rnic.classical import FORMATS, ClassicalCodec, to_uint8
 from rnic.coding import coder_on, forward_is_decoded
 from rnic.config import attack_spec, build, build_attacks, codec_from_config
-from rnic.console import budget_summary
 from rnic.dashboard import check_attack_loggers, log_attack_run
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
 from rnic.defenses import build_defenses, defended
+from rnic.defenses.smoothing import SmoothedCodec, certified_radii, certify_images
+from rnic.evaluation.card import build_card
+from rnic.evaluation.console import budget_summary
+from rnic.evaluation.pairs import (
+    add_classical_reference,
+    add_undefended,
+    code_pair,
+    coding_times,
+    ensemble_fields,
+)
+from rnic.evaluation.panels import save_curve, save_panel
+from rnic.evaluation.records import check_key, mean_of, member_table, run_key, write_budget
 from rnic.image_sets import image_names
 from rnic.io import atomic_write, write_json
 from rnic.jobs import write_run_record
-from rnic.pairs import add_classical_reference, add_undefended, code_pair, coding_times, ensemble_fields
-from rnic.panels import save_curve, save_panel
 from rnic.rate_certificate import noise_stage, rate_certificate
-from rnic.records import check_key, mean_of, member_table, run_key, write_budget
-from rnic.smoothing import SmoothedCodec, certified_radii, certify_images
 
 log = logging.getLogger(__name__)
 

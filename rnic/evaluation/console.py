@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rnic import rd
 from rnic.classical import REFERENCES, reference_line
+from rnic.defenses.smoothing import certificate_table, certified_means
 from rnic.rate_certificate import rate_means, rate_table
-from rnic.smoothing import certificate_table, certified_means
 
 
 def text_cell(value: float | None, column: str) -> str:

@@ -10,20 +10,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rnic import rd
-from rnic.card import write_card
 from rnic.classical import REFERENCES
+from rnic.defenses.smoothing import certificate_columns, certified_means
+from rnic.evaluation.card import write_card
 from rnic.image_sets import image_set
 from rnic.io import file_sha256, write_csv, write_json
 from rnic.rate_certificate import rate_columns, rate_means
-from rnic.smoothing import certificate_columns, certified_means
 
-# The figures of every record (rnic.pairs.code_pair), and the run's time per image.
+# The figures of every record (rnic.evaluation.pairs.code_pair), and the run's time per image.
 IMAGE_COLUMNS = (
     "psnr_in", "linf", "psnr_clean", "psnr_adv", "psnr_adv_in", "msssim_clean", "msssim_adv",
     "bpp_clean", "bpp_adv", "bpp_ratio", "vi", "vi_msssim", "seconds",
 )  # fmt: skip
 # A rate attack (attack.objective.kind=rate) is a denial of service: the real coding time of the clean and
-# the adversarial image, median of rnic.pairs.CODING_REPEATS, in seconds per image.
+# the adversarial image, median of rnic.evaluation.pairs.CODING_REPEATS, in seconds per image.
 RATE_COLUMNS = ("encode_s_clean", "decode_s_clean", "encode_s_adv", "decode_s_adv")
 # Behind a defense: the clean figures without it (and, for a non-adaptive attack, its images coded without
 # it, i.e. the same attack on the undefended codec), and the clean cost: PSNR lost, bpp added.
