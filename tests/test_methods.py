@@ -224,7 +224,7 @@ def test_a_teacher_of_another_architecture_is_refused(tiny_cfg, tmp_path):
     other = tmp_path / "factorized.pt"
     torch.save(build_codec("bmshj2018_factorized", N=16, M=24).state_dict(), other)
     cfg = tiny_cfg(*ATTACK, "method=teacher", f"method.teacher={other}")
-    with pytest.raises(ValueError, match=r"adv\.teacher=.*not the student's architecture"):
+    with pytest.raises(ValueError, match=r"method\.teacher=.*not the student's architecture"):
         build_adversarial(cfg, build_codec("bmshj2018_hyperprior", N=16, M=24))
 
 

@@ -171,7 +171,7 @@ def test_noise_training_reconstructs_the_source_from_noisy_inputs(trained_codec,
     assert float(step.loss) == pytest.approx(
         float(rd_step(trained_codec, noisy, x, 0.0067, "mse").loss), rel=1e-5
     )
-    with pytest.raises(ValueError, match=r"adv\.sigma=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"method\.sigma=0 must be > 0"):
         NoiseTraining(NoAttack(trained_codec), sigma=0)
     assert rd.psnr(x, noisy).mean() < 25  # the inputs really are noisy
 
