@@ -10,8 +10,6 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from rnic import rd
 from rnic.codec_families import is_variable_rate
@@ -25,17 +23,6 @@ from rnic.methods import Step, TrainingMethod, count_passes, rd_step
 SPARSE_FIGURES = ("ms_ssim", "vi")
 # Splits evaluated beside val at every validation (data.monitor): curves of robust overfitting.
 MONITOR_STAGES = ("monitor/train", "monitor/test")
-
-
-def eval_metrics() -> MetricCollection:
-    # dim=(1, 2, 3): PSNR per image, then averaged, as codec papers report it.
-    return MetricCollection(
-        {
-            "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
-            "ms_ssim": MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0),
-            "vi": MeanMetric(nan_strategy="ignore"),
-        }
-    )
 
 
 class CodecModule(L.LightningModule):
@@ -117,7 +104,7 @@ class CodecModule(L.LightningModule):
         self.save_hyperparameters(ignore=ignored)
         self.eval_metrics = nn.ModuleDict(
             {
-                f"{stage}_{kind}".replace("/", "_"): eval_metrics()
+                f"{stage}_{kind}".replace("/", "_"): rd.eval_metrics()
                 for stage in ("val", "test", *MONITOR_STAGES)
                 for kind in ("clean", "attacked")
             }

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from compressai.ops import compute_padding
 from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 DEFAULT_STRIDE = 64  # for a codec that does not say; the zoo codecs with a hyperprior downsample by 2**6
 
@@ -150,3 +152,14 @@ def forward_padded(codec: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tenso
     x_padded, unpadding = pad(x, stride(codec))
     out = codec(x_padded)
     return unpad(out["x_hat"], unpadding), out["likelihoods"], x.shape[-2] * x.shape[-1]
+
+
+def eval_metrics() -> MetricCollection:
+    """An epoch's PSNR (per image, then averaged, as codec papers report it), MS-SSIM and VI."""
+    return MetricCollection(
+        {
+            "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
+            "ms_ssim": MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0),
+            "vi": MeanMetric(nan_strategy="ignore"),
+        }
+    )

@@ -96,7 +96,6 @@ class Evaluation:
         )
         if int(cfg.batch_size) < 1:
             raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
-
         # Everything that can be wrong is found here, before any attack runs.
         self.load_split()
         defenses = build_defenses(cfg.get("defense"))  # a bad defense setting fails here
