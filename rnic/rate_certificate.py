@@ -30,6 +30,7 @@ from rnic import rd
 from rnic.coding import device_of, stream_bytes
 from rnic.defenses.codec import DefendedCodec
 from rnic.defenses.image import Noise
+from rnic.defenses.smoothing import entries_by_radius
 
 _NORMAL = NormalDist()
 
@@ -162,10 +163,7 @@ def rate_certificate(cfg) -> RateCertificate | None:
 def rate_means(records: list[dict]) -> list[dict]:
     """Per input radius: the mean bound, clean and attacked percentile over the images that got a bound,
     and how many abstained."""
-    by_eps: dict[float, list[dict]] = {}
-    for record in records:
-        for entry in record.get("certified_rate") or []:
-            by_eps.setdefault(entry["eps"], []).append(entry)
+    by_eps = entries_by_radius(records, "certified_rate")
     means = []
     for eps, entries in by_eps.items():
         kept = [e for e in entries if not e["abstain"]]

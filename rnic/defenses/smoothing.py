@@ -283,14 +283,20 @@ def certify_images(
         )
 
 
+def entries_by_radius(records: list[dict], key: str) -> dict[float, list[dict]]:
+    """The per-image certificate entries under `key` of every record, grouped by their input radius."""
+    by_eps: dict[float, list[dict]] = {}
+    for record in records:
+        for entry in record.get(key) or []:
+            by_eps.setdefault(entry["eps"], []).append(entry)
+    return by_eps
+
+
 def certified_means(records: list[dict]) -> list[dict]:
     """Per input radius: the mean certified bound and PSNR floor over the images that got a certificate,
     how many abstained (and why: the level above 1, the clean or the attacked image's center failing its
     check), and the abstention rate."""
-    by_eps: dict[float, list[dict]] = {}
-    for record in records:
-        for entry in record.get("certified") or []:
-            by_eps.setdefault(entry["eps"], []).append(entry)
+    by_eps = entries_by_radius(records, "certified")
     means = []
     for eps, entries in by_eps.items():
         kept = [e for e in entries if not e["abstain"]]
