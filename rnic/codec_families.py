@@ -22,6 +22,7 @@ from compressai.models import (
     Cheng2020AnchorCheckerboard,
     Elic2022Chandelier,
     Elic2022Official,
+    JointAutoregressiveHierarchicalPriorsVbr,
     MeanScaleHyperpriorVbr,
     ScaleHyperpriorVbr,
 )
@@ -52,7 +53,8 @@ class VariableRate:
     """
 
     def __init__(self, N: int, M: int, rate: int = 8, vr_entbttlnck: bool = True):
-        super().__init__(N, M, vr_entbttlnck=vr_entbttlnck)
+        # mbt2018-vbr's constructor fixes vr_entbttlnck=False itself and takes no such argument.
+        super().__init__(N, M, **({"vr_entbttlnck": True} if vr_entbttlnck else {}))
         self.rate = rate
 
     @property
@@ -100,6 +102,14 @@ class MeanScaleHyperpriorVbrAtRate(VariableRate, MeanScaleHyperpriorVbr):
     """mbt2018-mean-vbr at `rate` (see VariableRate)."""
 
 
+class JointAutoregressiveHierarchicalPriorsVbrAtRate(VariableRate, JointAutoregressiveHierarchicalPriorsVbr):
+    """mbt2018-vbr at `rate` (see VariableRate): the serial context model, z coded at a fixed step (CompressAI
+    gives it no variable bottleneck). Its variable-rate forward codes y pixel by pixel around the context's
+    means, as its decoder does."""
+
+    forward_is_decoded = True  # its context model runs inside the forward, unlike mbt2018's
+
+
 def is_variable_rate(codec: nn.Module) -> bool:
     return isinstance(codec, VariableRate)
 
@@ -126,6 +136,10 @@ def build_checkerboard(N: int) -> nn.Module:
 
 def build_vbr(cls: type, N: int, M: int, rate: int = 8, variable_bottleneck: bool = True) -> nn.Module:
     return cls(N, M, rate=rate, vr_entbttlnck=bool(variable_bottleneck))
+
+
+def build_mbt2018_vbr(N: int, M: int, rate: int = 8) -> nn.Module:
+    return build_vbr(JointAutoregressiveHierarchicalPriorsVbrAtRate, N, M, rate, variable_bottleneck=False)
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,9 @@ FAMILIES = {
         8,
         options=("rate", "variable_bottleneck"),
         zoo="mbt2018-mean-vbr",
+    ),
+    "mbt2018_vbr": Family(
+        build_mbt2018_vbr, image_vbr.cfgs["mbt2018-vbr"], 8, options=("rate",), zoo="mbt2018-vbr"
     ),
     "tcm": own_family(TCM),
     "mlicpp": own_family(MLICPlusPlus),

@@ -15,6 +15,7 @@ SMALL = {
     "elic": {"N": 16, "M": 32, "groups": [4, 4, 8, 16]},
     "bmshj2018_hyperprior_vbr": {"N": 16, "M": 24, "rate": 1},
     "mbt2018_mean_vbr": {"N": 16, "M": 24, "rate": 1},
+    "mbt2018_vbr": {"N": 16, "M": 24, "rate": 1},
     "tcm": {
         "N": 16,
         "M": 40,
@@ -155,7 +156,7 @@ def test_codec_families_have_their_own_lambdas():
     assert [rd_lambda("mse", r, "mbt2018_mean_vbr") for r in codec.rates] == codec.lmbda
 
 
-@pytest.mark.parametrize("arch", ["bmshj2018_hyperprior_vbr", "mbt2018_mean_vbr"])
+@pytest.mark.parametrize("arch", ["bmshj2018_hyperprior_vbr", "mbt2018_mean_vbr", "mbt2018_vbr"])
 def test_a_variable_rate_codec_codes_every_rate_with_the_same_weights(arch):
     codec = spread(trained_looking(small(arch)))
     x = torch.rand(1, 3, 64, 64)
@@ -192,10 +193,10 @@ def test_pretrained_weights_come_through_compressais_loader(tmp_path, monkeypatc
     assert compress_decompress(codec, x)[1].item() == compress_decompress(reference, x)[1].item()
 
 
-@pytest.mark.parametrize("arch", ["bmshj2018_hyperprior_vbr", "mbt2018_mean_vbr"])
+@pytest.mark.parametrize("arch", ["bmshj2018_hyperprior_vbr", "mbt2018_mean_vbr", "mbt2018_vbr"])
 def test_variable_rate_weights_come_through_compressais_loader(tmp_path, monkeypatch, arch):
-    # CompressAI 1.2.8's zoo releases MSE weights for both (N=192, M=320, variable bottleneck), served here
-    # from torch hub's cache as they would be after a download.
+    # CompressAI 1.2.8's zoo releases MSE weights for each (N=192, M=320; mbt2018-vbr without the variable
+    # bottleneck), served here from torch hub's cache as they would be after a download.
     reference = trained_looking(build_codec(arch, quality=8, rate=8), seed=3)
     url = image_vbr.model_urls[FAMILIES[arch].zoo]["mse"]
     cache = tmp_path / "hub" / "checkpoints"

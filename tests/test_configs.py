@@ -31,6 +31,7 @@ FAMILY_CLASSES = {
     "cheng2020_checkerboard": ("Cheng2020AnchorCheckerboard", 0.0067),
     "bmshj2018_hyperprior_vbr": ("ScaleHyperpriorVbrAtRate", 0.18),
     "mbt2018_mean_vbr": ("MeanScaleHyperpriorVbrAtRate", 0.18),
+    "mbt2018_vbr": ("JointAutoregressiveHierarchicalPriorsVbrAtRate", 0.18),
 }
 
 
