@@ -1,4 +1,5 @@
-"""Clean rate-distortion of one of rnic's shipped CPU codecs against JPEG and WebP on the sample val photos.
+"""Clean rate-distortion of one of rnic's shipped CPU codecs against JPEG and WebP on the sample val (or test)
+photos.
 
 Each val photo (256x256 centre crop, as `data=sample` validates) is coded for real by each shipped rate
 point (those whose weights exist); JPEG and WebP code the same image at the highest quality whose real
@@ -6,8 +7,8 @@ rate is within that image's learned rate (per image, so that rate allocation acr
 decide). Prints per-point means, the gains, and BD-PSNR / BD-rate over the rate points; writes
 rate_distortion.png and codecs_rd.json.
 
-    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|elic_cpu] [--out DIR] [--ship RUN ...]
-        [--weights-dir DIR]
+    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|elic_cpu|tcm_cpu] [--out DIR]
+        [--ship RUN ...] [--weights-dir DIR] [--split val|test]
 
 --ship: first write the shipped weights (rnic/weights/<arch>-mse-q<quality>.pth, the codec's state dict) from
 the best checkpoint of each training run folder (its quality: the rate point whose lambda the run trained
@@ -16,6 +17,7 @@ card (<file>.json beside it): architecture, widths, lambda, data, steps, wall ti
 learning curve, clean RD and the classical figures at the same rate, SHA-256. The other
 rate points keep their weights and cards. learning_curves.png is drawn from the cards that hold a curve.
 --weights-dir: read and write the shipped files there instead of rnic/weights/ (a dry run of --ship).
+--split test: the 8 test photos instead of the val ones (no setting was chosen on them; no cards written).
 
     python benchmarks/codecs_rd.py --arch elic_cpu --ship RUN_Q1 RUN_Q2 RUN_Q3
 """
@@ -55,9 +57,24 @@ from rnic.report.bd import bd_psnr, bd_rate
 CROP = 256
 
 
-def val_photos() -> tuple[list[str], torch.Tensor]:
-    paths = SampleImages().splits()["val"]
+def val_photos(split: str = "val") -> tuple[list[str], torch.Tensor]:
+    """The names and centre crops of a data=sample split's photos (val: the cards'; test: no choice made)."""
+    paths = SampleImages().splits()[split]
     return [p.stem for p in paths], torch.stack([v2.CenterCrop(CROP)(read_image(p)) for p in paths])
+
+
+def training_data(config) -> str:
+    """What a run trained on, from its config: the train photos (data=sample, or data=photos with the extra
+    ones), the crops and batch, the augmentation."""
+    source = config.data.source
+    extra = bool(source.get("extra_train"))
+    photos = SampleImages(fractions=source.fractions, seed=source.seed, extra_train=extra).splits()["train"]
+    name = "data=photos" if extra else "data=sample"
+    crop = config.data.patch_size
+    return (
+        f"{name}: {len(photos)} train photos (random {crop}x{crop} crops, batch {config.data.batch_size}, "
+        f"augment={config.data.augment}); never the val or test photos"
+    )
 
 
 def rate_point(codec: torch.nn.Module, quality: int, x: torch.Tensor) -> dict:
@@ -94,7 +111,7 @@ def shipped_points(arch: str, x: torch.Tensor) -> list[dict]:
     return points
 
 
-def figure(points: list[dict], names: list[str], arch: str) -> Figure:
+def figure(points: list[dict], names: list[str], arch: str, split: str = "val") -> Figure:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     axis = fig.subplots()
     for key, style in (("learned", "o-"), *((r, "s--") for r in REFERENCES)):
@@ -105,7 +122,7 @@ def figure(points: list[dict], names: list[str], arch: str) -> Figure:
     axis.set(
         xlabel="bpp (real bitstreams, mean over images)",
         ylabel="PSNR [dB] (mean over images)",
-        title=f"Clean rate-distortion on the {len(names)} sample val photos ({CROP}x{CROP} crops)",
+        title=f"Clean rate-distortion on the {len(names)} sample {split} photos ({CROP}x{CROP} crops)",
     )
     axis.grid(alpha=0.3)
     axis.legend()
@@ -161,8 +178,8 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str],
         "quality": quality,
         "lmbda": final.get("lmbda") or config.module.lmbda,
         "metric": "mse",
-        "data": "data=sample: 12 train photos (random 128x128 crops, batch 8); never the 4 val photos",
-        "data_licences": SampleImages.licences(),
+        "data": training_data(config),
+        "data_licences": SampleImages.licences(bool(config.data.source.get("extra_train"))),
         # The libraries that coded the val photos to the bitstreams this card records.
         "verified_with": versions(),
         "steps": final["step"],
@@ -234,7 +251,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmark_codecs"))
     parser.add_argument("--ship", type=Path, nargs="*", default=[], help="training run folders to ship")
     parser.add_argument("--weights-dir", type=Path, help="the shipped files' folder (default rnic/weights)")
+    parser.add_argument(
+        "--split", default="val", choices=["val", "test"], help="photos coded (cards: val, where they chose)"
+    )
     args = parser.parse_args()
+    if args.ship and args.split != "val":
+        parser.error("--ship writes cards of the val photos: leave --split at val")
     arch = args.arch
     if args.weights_dir is not None:
         codecs.WEIGHTS_DIR = args.weights_dir.resolve()
@@ -248,9 +270,9 @@ def main() -> None:
     }
     for quality, run in runs.items():
         ship(run / "checkpoints" / "best.ckpt", arch, quality)
-    names, x = val_photos()
+    names, x = val_photos(args.split)
     points = shipped_points(arch, x)
-    print(f"{arch} on the sample val photos ({CROP}x{CROP}), real bitstreams;")
+    print(f"{arch} on the sample {args.split} photos ({CROP}x{CROP}), real bitstreams;")
     print("JPEG and WebP per image at the highest quality within its learned rate")
     print(
         f"{'quality':>7} {'bpp':>6} {'PSNR':>6} {'JPEG':>6} {'gain':>6} {'WebP':>6} {'gain':>6}"
@@ -282,7 +304,7 @@ def main() -> None:
         print(f"BD-PSNR vs {anchor}: {psnr:+.2f} dB, BD-rate {shown}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "codecs_rd.json", {"images": names, "points": points, "bd": summary})
-    write_png(args.out / "rate_distortion.png", figure(points, names, arch), dpi=90)
+    write_png(args.out / "rate_distortion.png", figure(points, names, arch, args.split), dpi=90)
     print(f"outputs in {args.out}")
     by_quality = {p["quality"]: p for p in points}
     for quality, run in runs.items():
