@@ -41,7 +41,13 @@ def train_small_codec(output_dir: Path) -> Path:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=[
+            overrides=[  # clean from scratch, whatever train.py's main job is
+                "model=bmshj2018_hyperprior",
+                "model.pretrained=false",
+                "attack=none",
+                "method=none",
+                "robust_eval=null",
+                "module.max_passes=null",
                 "model.N=32",
                 "model.M=48",
                 "data.patch_size=128",
