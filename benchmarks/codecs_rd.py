@@ -98,6 +98,24 @@ def bd(points: list[dict], anchor: str) -> tuple[float, float]:
     return bd_psnr(*curve[anchor], *curve["learned"]), bd_rate(*curve[anchor], *curve["learned"])
 
 
+def bd_summary(points: list[dict]) -> dict[str, dict]:
+    """BD-PSNR and BD-rate against each classical anchor, printed; None where the curves share no range
+    to integrate over (BD-PSNR: of rates, BD-rate: of PSNRs); an anchor without a curve is left out."""
+    summary = {}
+    for anchor in REFERENCES:
+        try:
+            psnr, rate = bd(points, anchor)
+        except ValueError as err:  # one rate point, or a curve whose PSNR does not rise with its rate
+            print(f"BD vs {anchor}: n/a ({err})")
+            continue
+        psnr, rate = (value if math.isfinite(value) else None for value in (psnr, rate))
+        summary[anchor] = {"bd_psnr": psnr, "bd_rate": rate}
+        shown_psnr = f"{psnr:+.2f} dB" if psnr is not None else "n/a (the curves share no rate range)"
+        shown_rate = f"{rate:+.1f}%" if rate is not None else "n/a (the curves share no PSNR range)"
+        print(f"BD-PSNR vs {anchor}: {shown_psnr}, BD-rate {shown_rate}")
+    return summary
+
+
 def shipped_points(arch: str, x: torch.Tensor) -> list[dict]:
     """The rate points of `arch` whose weights ship (in the weights folder), each coded for real."""
     points = []
@@ -290,18 +308,7 @@ def main() -> None:
             f"{p['quality']:>7} {mean(p['learned']['bpp']):>6.3f} {learned:>6.2f} {jpeg:>6.2f} "
             f"{learned - jpeg:>+6.2f} {webp:>6.2f} {learned - webp:>+6.2f}   {per_image}"
         )
-    summary = {}
-    for anchor in REFERENCES:
-        try:
-            psnr, rate = bd(points, anchor)
-        except ValueError as err:  # one rate point, or a curve whose PSNR does not rise with its rate
-            print(f"BD vs {anchor}: n/a ({err})")
-            continue
-        # BD-rate integrates over the PSNR range both curves cover; there may be none.
-        rate = rate if math.isfinite(rate) else None
-        summary[anchor] = {"bd_psnr": psnr, "bd_rate": rate}
-        shown = f"{rate:+.1f}%" if rate is not None else "n/a (the curves share no PSNR range)"
-        print(f"BD-PSNR vs {anchor}: {psnr:+.2f} dB, BD-rate {shown}")
+    summary = bd_summary(points)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "codecs_rd.json", {"images": names, "points": points, "bd": summary})
     write_png(args.out / "rate_distortion.png", figure(points, names, arch, args.split), dpi=90)

@@ -156,3 +156,21 @@ def test_an_elic_card_records_its_family_and_channel_groups():
         "widths": {"N": 64, "M": 96},
         "settings": {"variant": "official", "groups": [8, 8, 16, 32, 32]},
     }
+
+
+def test_a_bd_figure_without_a_common_range_is_none_in_the_results():
+    # The learned curve entirely above JPEG's rates (no common rate range: BD-PSNR has nothing to integrate)
+    # and below WebP's PSNRs: the summary says n/a instead of failing to write NaN after weights shipped.
+    def point(quality, bpp, learned, jpeg_bpp, webp_psnr):
+        return {
+            "quality": quality,
+            "learned": {"bpp": [bpp], "psnr": [learned]},
+            "jpeg": {"bpp": [jpeg_bpp], "psnr": [learned - 3]},
+            "webp": {"bpp": [bpp], "psnr": [webp_psnr]},
+        }
+
+    points = [point(1, 0.4, 23.0, 0.1, 30.0), point(2, 0.5, 24.0, 0.2, 31.0), point(3, 0.6, 25.0, 0.3, 32.0)]
+    summary = codecs_rd.bd_summary(points)
+    assert summary["jpeg"]["bd_psnr"] is None and summary["webp"]["bd_rate"] is None
+    assert summary["webp"]["bd_psnr"] == pytest.approx(-7.0)
+    json.dumps(summary, allow_nan=False)

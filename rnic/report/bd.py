@@ -75,7 +75,9 @@ def bd_psnr(
     test_quality: Sequence[float],
     method: str = "pchip",
 ) -> float:
-    """BD-PSNR of `test` against `anchor` in dB (positive: `test` is better at equal rate)."""
+    """BD-PSNR of `test` against `anchor` in dB (positive: `test` is better at equal rate).
+
+    NaN where the curves do not overlap in rate."""
     return _delta(bjontegaard.bd_psnr, anchor_rate, anchor_quality, test_rate, test_quality, method)
 
 
