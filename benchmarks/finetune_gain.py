@@ -33,9 +33,9 @@ CONTROL = ["method=none"]
 KEYS = ("psnr_adv", "vi", "psnr_clean", "bpp_clean")
 
 
-def compose_config(output_dir: Path, overrides: list[str]):
+def compose_config(config_name: str, output_dir: Path, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
@@ -54,7 +54,7 @@ def run_pair(root: Path, seed: int, passes: int, eval_steps: int, extra: list[st
     for name, recipe in (("robust", []), ("control", CONTROL)):
         out = root / f"{name}_{seed}"
         overrides = [*QUIET, f"module.max_passes={passes}", f"seed={seed}", *evaluation, *extra, *recipe]
-        train(compose_config(out, overrides))
+        train(compose_config("train", out, overrides))
         figures[name] = json.loads((out / "final_metrics.json").read_text())["robust_eval"]["linf"]
     return figures
 
