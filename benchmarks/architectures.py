@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -112,7 +111,6 @@ def clean_rd(template: str, qualities: list[int], x: torch.Tensor, crop: int, wo
             psnr, rate = bd(points, anchor)
         except ValueError:  # one rate point, or a curve that does not rise
             psnr = rate = None
-        psnr, rate = (v if v is None or math.isfinite(v) else None for v in (psnr, rate))
         found[anchor] = {"bd_psnr": psnr, "bd_rate": rate, "per_image": per_image_bd(points, anchor)}
     return found
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from rnic.report.bd import bd_psnr, bd_rate
 CROP = 256
 
 
-def val_photos(split: str = "val") -> tuple[list[str], torch.Tensor]:
+def sample_photos(split: str = "val") -> tuple[list[str], torch.Tensor]:
     """The names and centre crops of a data=sample split's photos (val: the cards'; test: no choice made)."""
     paths = SampleImages().splits()[split]
     return [p.stem for p in paths], torch.stack([v2.CenterCrop(CROP)(read_image(p)) for p in paths])
@@ -89,18 +88,20 @@ def mean(values) -> float:
     return statistics.fmean(values)
 
 
-def bd(points: list[dict], anchor: str) -> tuple[float, float]:
-    """BD-PSNR and BD-rate of the learned curve against `anchor`'s (means per rate point)."""
+def bd(points: list[dict], anchor: str) -> tuple[float | None, float | None]:
+    """BD-PSNR and BD-rate of the learned curve against `anchor`'s (means per rate point); None where the
+    curves share no range to integrate over (BD-PSNR: of rates, BD-rate: of PSNRs)."""
     curve = {
         k: ([mean(p[k]["bpp"]) for p in points], [mean(p[k]["psnr"]) for p in points])
         for k in (anchor, "learned")
     }
-    return bd_psnr(*curve[anchor], *curve["learned"]), bd_rate(*curve[anchor], *curve["learned"])
+    psnr, rate = bd_psnr(*curve[anchor], *curve["learned"]), bd_rate(*curve[anchor], *curve["learned"])
+    return rd.finite_or_none(psnr), rd.finite_or_none(rate)
 
 
 def bd_summary(points: list[dict]) -> dict[str, dict]:
-    """BD-PSNR and BD-rate against each classical anchor, printed; None where the curves share no range
-    to integrate over (BD-PSNR: of rates, BD-rate: of PSNRs); an anchor without a curve is left out."""
+    """BD-PSNR and BD-rate against each classical anchor (`bd`), printed; an anchor without a curve is left
+    out."""
     summary = {}
     for anchor in REFERENCES:
         try:
@@ -108,7 +109,6 @@ def bd_summary(points: list[dict]) -> dict[str, dict]:
         except ValueError as err:  # one rate point, or a curve whose PSNR does not rise with its rate
             print(f"BD vs {anchor}: n/a ({err})")
             continue
-        psnr, rate = (value if math.isfinite(value) else None for value in (psnr, rate))
         summary[anchor] = {"bd_psnr": psnr, "bd_rate": rate}
         shown_psnr = f"{psnr:+.2f} dB" if psnr is not None else "n/a (the curves share no rate range)"
         shown_rate = f"{rate:+.1f}%" if rate is not None else "n/a (the curves share no PSNR range)"
@@ -288,7 +288,7 @@ def main() -> None:
     }
     for quality, run in runs.items():
         ship(run / "checkpoints" / "best.ckpt", arch, quality)
-    names, x = val_photos(args.split)
+    names, x = sample_photos(args.split)
     points = shipped_points(arch, x)
     print(f"{arch} on the sample {args.split} photos ({CROP}x{CROP}), real bitstreams;")
     print("JPEG and WebP per image at the highest quality within its learned rate")

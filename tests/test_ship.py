@@ -32,13 +32,13 @@ def weights_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def untrained_shipped(weights_dir: Path, quality: int, arch: str = "elic_cpu") -> dict[str, torch.Tensor]:
-    """Weights of a shipped codec's shape (its entropy tables built) saved as its shipped file."""
+def untrained_elic_cpu(weights_dir: Path, quality: int) -> dict[str, torch.Tensor]:
+    """Weights of the CPU ELIC's shape (its entropy tables built) saved as its shipped file."""
     torch.manual_seed(quality)
-    codec = build_codec(arch, quality=quality)
+    codec = build_codec("elic_cpu", quality=quality)
     codec.update(force=True)
     state = codec.state_dict()
-    torch.save(state, weights_dir / f"{arch}-mse-q{quality}.pth")
+    torch.save(state, weights_dir / f"elic_cpu-mse-q{quality}.pth")
     return state
 
 
@@ -47,7 +47,7 @@ def untrained_shipped(weights_dir: Path, quality: int, arch: str = "elic_cpu") -
 def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weights_dir, model, entry):
     # CompressAI released no ELIC weights: model=elic model.pretrained=true is rnic's CPU ELIC, whose
     # quality 2 trained at lambda 0.0067 (not ELIC's own ladder, where quality 2 is 0.0008).
-    state = untrained_shipped(weights_dir, 2)
+    state = untrained_elic_cpu(weights_dir, 2)
     cfg = compose_config(tmp_path, model, "model.pretrained=true", "model.quality=2", config_name=entry)
     codec = codec_from_config(cfg)
     assert (type(codec).__name__, codec.groups) == ("Elic2022Official", [8, 8, 16, 32, 32])
@@ -76,7 +76,7 @@ def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weig
 def test_elic_pretrained_settings_it_was_not_trained_with_are_refused(
     tmp_path, weights_dir, overrides, message
 ):
-    untrained_shipped(weights_dir, 2)
+    untrained_elic_cpu(weights_dir, 2)
     cfg = compose_config(tmp_path, "model=elic", "model.pretrained=true", *overrides, config_name="attack")
     with pytest.raises(
         (ValueError, FileNotFoundError), match=message.replace("(", r"\(").replace(")", r"\)")
@@ -132,7 +132,7 @@ def test_a_shipped_run_codes_the_bitstreams_its_card_records(tmp_path, weights_d
     assert card["command"] == " ".join(command) and card["learning_curve"]["step"]
     codec = build_codec("hyperprior_tiny", quality=2, pretrained=True).eval()
     codec.update(force=True)
-    _, bpp = compress_decompress(codec, codecs_rd.val_photos()[1])
+    _, bpp = compress_decompress(codec, codecs_rd.sample_photos()[1])
     assert bpp.tolist() == card["clean"]["learned"]["bpp"]
     assert [p["quality"] for p in json.loads((out / "codecs_rd.json").read_text())["points"]] == [2, 3]
     assert card["started_from"] is None
