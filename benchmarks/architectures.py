@@ -187,7 +187,27 @@ def finetuned(run: Path, control: Path) -> dict:
     }
 
 
+# The settings a measured row depends on: a row measured under the same ones is read back, not re-measured.
+ROW_SETTINGS = ("qualities", "attack_quality", "images", "crop", "scale")
+
+
 def measure_row(name: str, template: str, args, finetuning: tuple[Path, Path] | None) -> dict:
+    """One row's figures; kept in --out/rows/NAME.json, so that adding a row (or a finetuning) to the study
+    measures only what is new."""
+    stored = args.out / "rows" / f"{name}.json"
+    settings = {"overrides": template, **{k: getattr(args, k) for k in ROW_SETTINGS}}
+    row = json.loads(stored.read_text()) if stored.exists() else None
+    if row is None or row.get("settings") != settings:
+        row = {"settings": settings, **measure_codec(name, template, args)}
+        write_json(stored, row)
+    else:
+        print(f"\n== {name}: read from {stored} (measured under the same settings)")
+    if finetuning:
+        row["finetuned"] = finetuned(*finetuning)
+    return row
+
+
+def measure_codec(name: str, template: str, args) -> dict:
     workdir = args.out / "configs" / name
     names, x = val_photos(args.images, args.crop)
     print(f"\n== {name}: {template}")
@@ -200,8 +220,6 @@ def measure_row(name: str, template: str, args, finetuning: tuple[Path, Path] | 
     row.update(size_and_speed(codec, x))
     row["worst_case"] = worst_case(template, args.attack_quality, args, workdir)
     row["against_recipe"] = against_recipe(codec, x, args.scale)
-    if finetuning:
-        row["finetuned"] = finetuned(*finetuning)
     return row
 
 

@@ -72,3 +72,15 @@ def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
             recipe["auto"]["seconds"] / recipe["paper recipe"]["seconds"]
         )
         assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2  # both tables
+    # A rerun reads back each row measured under the same settings (here: a figure altered in its file
+    # survives), and measures again a row whose settings changed.
+    stored = {name: out / "rows" / f"{name}.json" for name in rows}
+    for name, path in stored.items():
+        row = json.loads(path.read_text())
+        row["parameters"] = -1
+        if name == "factorized":
+            row["settings"]["scale"] = 0.5
+        path.write_text(json.dumps(row))
+    architectures.main()
+    measured = json.loads((out / "architectures.json").read_text())["rows"]
+    assert measured["hyperprior"]["parameters"] == -1 and measured["factorized"]["parameters"] > 0
