@@ -13,7 +13,14 @@ import torch
 from rnic import rd
 from rnic.attacks import NoAttack
 from rnic.coding import compress_decompress
-from rnic.defenses.smoothing import CenterSmoothing, SmoothedCodec, center_of, certified_level, min_samples
+from rnic.defenses.smoothing import (
+    CenterSmoothing,
+    KnownDrawsAttack,
+    SmoothedCodec,
+    center_of,
+    certified_level,
+    min_samples,
+)
 from rnic.methods import NoiseTraining, rd_step
 from tests.conftest import compose_config
 
@@ -208,31 +215,13 @@ def test_certification_is_refused_where_the_forward_is_not_what_the_decoder_outp
     assert not any(tmp_path.iterdir())
 
 
-def attack_deployed_encoder(smoothing, codec, x, center, eps, seed, steps=5):
-    """White-box L2 attack on the deployed encoder, the strongest case: the attacker knows the seed of
-    the encode to come, so it differentiates (quantisation skipped) the median distance of the very
-    copies the encoder will draw to the clean center, whose sample the min-median choice then takes."""
-    from rnic.attacks import quantization_proxy
-
-    noise = torch.cat(smoothing.noise(x, smoothing.samples, smoothing.generator(seed, 0)))
-    delta = torch.zeros_like(x, requires_grad=True)
-    for _ in range(steps):
-        with quantization_proxy(codec, "skip"):
-            recons = rd.forward_padded(codec, (x + delta)[None] + smoothing.sigma * noise)[0]
-        (grad,) = torch.autograd.grad((recons - center).flatten(1).norm(dim=1).median(), delta)
-        with torch.no_grad():
-            moved = (x + delta + 2.5 * eps / steps * grad / grad.norm().clamp_min(1e-12)).clamp(0, 1) - x
-            delta.copy_(moved * min(1.0, eps / float(moved.norm().clamp_min(1e-12))))
-    return (x + delta).detach()
-
-
 def test_the_certificate_holds_against_the_deployed_encoder_attacked_with_its_draws(trained_codec, photos):
     """The clean center, the certificate and the attacked center each from their own draws (independent
     seeds), the attack through the deployed encoder knowing its draws: the attacked center stays within
     the bound, or abstains. (On learned codecs the bound sits far above the move: this test alone would
     not see a bound 3x too small; the known-answer test below does.)"""
     smoothing = CenterSmoothing(
-        sigma=0.05, samples=100, certify_samples=1000, alpha=0.01, delta=0.3, batch=100
+        sigma=0.05, samples=100, certify_samples=1000, alpha=0.01, delta=0.3, batch=100, seed=0
     )
     x, eps = photos[0, :, :32, :32], 0.025
     with torch.no_grad():
@@ -241,7 +230,8 @@ def test_the_certificate_holds_against_the_deployed_encoder_attacked_with_its_dr
     assert not clean["abstain"] and not certificate["abstain"]
     checked = 0
     for seed in (3, 4):
-        x_adv = attack_deployed_encoder(smoothing, trained_codec, x, clean["center"], eps, seed)
+        attack = KnownDrawsAttack(SmoothedCodec(trained_codec, smoothing), eps, steps=5)
+        x_adv = attack.attack_image(x, clean["center"], eps, seed)
         assert float((x_adv - x).norm()) <= eps + 1e-6
         with torch.no_grad():
             attacked = smoothing.predict(trained_codec, x_adv, seed=seed)
@@ -250,6 +240,41 @@ def test_the_certificate_holds_against_the_deployed_encoder_attacked_with_its_dr
         assert attacked["abstain"] or moved <= certificate["bound_l2"]
         checked += not attacked["abstain"]
     assert checked  # not vacuous: an attacked center passed its check
+
+
+def test_the_known_draws_attack_assumes_the_seeds_the_encoder_then_draws(trained_codec, photos):
+    """Coded as attack.py codes a batch (clean, then attacked: rnic.evaluation.pairs.code_pair), the
+    attacked encodes draw exactly the seeds the attack read from the study's stream."""
+    from rnic.evaluation.pairs import code_pair
+
+    smoothed = SmoothedCodec(trained_codec, CenterSmoothing(samples=17, alpha=0.1, delta=0.3, seed=5))
+    attack = KnownDrawsAttack(smoothed, 0.05, steps=1)
+    x = photos[..., :32, :32]
+    records, _, _ = code_pair(smoothed, x, attack(x))
+    assert [r["smoothing_seed_adv"] for r in records] == attack.assumed_seeds
+    assert len(set(attack.assumed_seeds) | {r["smoothing_seed_clean"] for r in records}) == 4
+
+
+def test_attack_py_attacks_the_deployed_encoder_with_the_draws_it_will_use(tmp_path, trained_checkpoint):
+    """attack=known_draws through attack.py moves the delivered reconstruction further from the clean one
+    than the same encodes of the unattacked image do; with fresh OS draws it is refused before any image."""
+    from rnic.evaluation import evaluate_robustness
+
+    moved = {}
+    for attack in ("none", "known_draws"):
+        budget = ["attack.eps=0.5", "attack.steps=5"] if attack == "known_draws" else []
+        cfg = smoothing_cfg(
+            tmp_path / attack, trained_checkpoint, f"attack={attack}", *budget,
+            "defense.center_smoothing.seed=3", "certify.enabled=true", "certify.eps=[0.5]",
+        )  # fmt: skip
+        evaluate_robustness(cfg)
+        records = json.loads((tmp_path / attack / "results.json").read_text())["images"]
+        moved[attack] = [r["psnr_adv_vs_clean"] for r in records]
+    assert all(a < b for a, b in zip(moved["known_draws"], moved["none"], strict=True)), moved
+    cfg = smoothing_cfg(tmp_path / "fresh", trained_checkpoint, "attack=known_draws")
+    with pytest.raises(ValueError, match="draws fresh noise from the OS"):
+        evaluate_robustness(cfg)
+    assert not (tmp_path / "fresh" / "results.json").exists()
 
 
 class MeanThreshold(torch.nn.Module):

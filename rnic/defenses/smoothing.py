@@ -28,6 +28,9 @@ from torch import Tensor, nn
 
 from rnic import rd
 from rnic.attacks import rng
+from rnic.attacks.base import per_image, to_8bit
+from rnic.attacks.proxy import quantization_proxy
+from rnic.attacks.threat import Threat
 
 RADIUS_COEFF = 3.0  # 1 + beta, beta = 2: the approximation factor of a center chosen among the samples
 _NORMAL = NormalDist()
@@ -124,6 +127,19 @@ class CenterSmoothing(nn.Module):
     def draw_seed(self) -> int:
         """The seed of one image's draws: fresh from the OS, or the next of the stream `seed` starts."""
         return secrets.randbits(62) if self._seeds is None else self._seeds.getrandbits(62)
+
+    def upcoming_seeds(self, count: int) -> list[int]:
+        """The seeds of the next `count` encodes, left in the stream: what an attacker who knows the study's
+        `seed` computes (with fresh OS draws, the default, nobody can)."""
+        if self._seeds is None:
+            raise ValueError(
+                "center smoothing draws fresh noise from the OS (defense.center_smoothing.seed=null), so no "
+                "attacker can know its draws: set defense.center_smoothing.seed to study an attacker who does"
+            )
+        state = self._seeds.getstate()
+        seeds = [self._seeds.getrandbits(62) for _ in range(count)]
+        self._seeds.setstate(state)
+        return seeds
 
     @staticmethod
     def generator(seed: int, draw: int) -> torch.Generator:
@@ -339,3 +355,77 @@ def certificate_table(means: list[dict]) -> str:
             f"{m.get('abstention_rate', 0):>5.0%} {reasons}"
         )
     return "\n".join(lines)
+
+
+class KnownDrawsAttack:
+    """White-box L2 attack on center smoothing's deployed encoder by an attacker who knows its draws: the
+    strongest case, possible only when a study fixes `defense.center_smoothing.seed` (with fresh OS draws,
+    the default, it refuses). For each image of a batch it reads the seeds of the two encodes to come
+    (attack.py codes a batch clean, then attacked), computes the clean center the decoder will deliver,
+    and takes `steps` normalised gradient steps (quantisation skipped) on the median distance of the
+    attacked encode's very noisy copies to that center, projected onto the L2 ball of radius `eps` and
+    [0, 1]: the encoder's min-median choice then picks one of those copies. Deterministic: no seed."""
+
+    gradient_free = False
+
+    def __init__(
+        self, codec: SmoothedCodec, eps: float | None = None, steps: int = 20, round_8bit: bool = False
+    ):
+        if not isinstance(codec, SmoothedCodec):
+            raise ValueError(
+                "attack=known_draws attacks the encoder of defense=center_smoothing (attack_run.adaptive="
+                f"true), not {type(codec).__name__}"
+            )
+        if int(steps) < 1:
+            raise ValueError(f"attack.steps={steps} must be >= 1")
+        codec.smoothing.upcoming_seeds(0)  # refused here, before any image, if the draws are fresh
+        self.codec = codec
+        self.threat, self.threat_model = "l2", Threat("l2")
+        self.eps = self.threat_model.budget(eps)
+        self.threat_model.check(self.eps)
+        self.steps, self.round_8bit = int(steps), bool(round_8bit)
+        self.assumed_seeds: list[int] = []  # of the last batch's attacked encodes
+
+    def __repr__(self) -> str:
+        return f"KnownDrawsAttack(eps={self.eps!r}, steps={self.steps}, round_8bit={self.round_8bit})"
+
+    def __call__(self, x: Tensor, target: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        if target is not None or mask is not None:
+            raise ValueError("attack=known_draws moves the smoothed reconstruction away: no target or mask")
+        smoothing, codec = self.codec.smoothing, self.codec.codec
+        seeds = smoothing.upcoming_seeds(2 * len(x))
+        self.assumed_seeds = seeds[len(x) :]
+        eps = per_image(self.eps, x, "eps").flatten()
+        images = []
+        for image, clean_seed, seed, radius in zip(x, seeds[: len(x)], self.assumed_seeds, eps, strict=True):
+            with rd.evaluating(codec):  # the encoder's real rounding
+                center = smoothing.predict(codec, image, clean_seed)["center"]
+            images.append(self.attack_image(image.detach(), center, float(radius), seed))
+        x_adv = torch.stack(images).clamp(0, 1)
+        return to_8bit(x, x_adv) if self.round_8bit else x_adv
+
+    def attack_image(self, image: Tensor, center: Tensor, eps: float, seed: int) -> Tensor:
+        """Move `image` (3, H, W) within L2 `eps` so that the encode drawn from `seed` codes a copy far
+        from `center` (the codec's eval mode, its rounding skipped for gradients)."""
+        smoothing, codec = self.codec.smoothing, self.codec.codec
+        draws = smoothing.noise(image, smoothing.samples, smoothing.generator(seed, 0))
+        delta = torch.zeros_like(image, requires_grad=True)
+        step = 2.5 * eps / self.steps  # PGD's usual step: the budget reached in steps / 2.5
+        with rd.evaluating(codec), quantization_proxy(codec, "skip"), torch.enable_grad():
+            for _ in range(self.steps):
+                # The median's gradient is its copy's: find it without a graph, then differentiate that one.
+                with torch.no_grad():
+                    distances = torch.cat([self.distances(image + delta, noise, center) for noise in draws])
+                median = int(distances.median(0).indices)
+                noise = torch.cat(draws)[median : median + 1]
+                (grad,) = torch.autograd.grad(self.distances(image + delta, noise, center).sum(), delta)
+                with torch.no_grad():
+                    moved = (image + delta + step * grad / grad.norm().clamp_min(1e-12))[None]
+                    projected = self.threat_model.project(image[None], moved, torch.tensor(eps).to(image))
+                    delta.copy_(projected[0] - image)
+        return (image + delta).detach()
+
+    def distances(self, image: Tensor, noise: Tensor, center: Tensor) -> Tensor:
+        """L2 distances to `center` of the reconstructions of `image`'s copies with `noise` (N, 3, H, W)."""
+        copies = image[None] + self.codec.smoothing.sigma * noise
+        return (rd.forward_padded(self.codec.codec, copies)[0].clamp(0, 1) - center).flatten(1).norm(dim=1)
