@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
@@ -57,7 +56,7 @@ def evaluations(run: Path) -> dict[str, dict]:
             "weights": results["key"]["model"]["weights"],
             "images": [image["image"] for image in results["images"]],
             "per_image": per_image,
-            "mean": {k: statistics.fmean(v) for k, v in per_image.items()},
+            "mean": {k: rd.mean_or_none(v) for k, v in per_image.items()},  # VI: None where none moved
             "spread": {k: rd.spread(v) for k, v in per_image.items()},  # over the images
         }
     if not found:
@@ -72,23 +71,26 @@ def trained_against(attack) -> dict:
             **{k: v for k, v in spec.items() if k[0] != "_"}}  # fmt: skip
 
 
+def check_control(run: Path, control: Path) -> None:
+    """Equal compute: the same budget of passes (a run stops at the first step that reaches it, so the
+    counts may differ by less than one step's passes) and the same threats evaluated."""
+    budget = OmegaConf.load(run / "config.yaml").module.max_passes
+    threats, control_threats = set(evaluations(run)), set(evaluations(control))
+    if budget is None or OmegaConf.load(control / "config.yaml").module.max_passes != budget:
+        raise SystemExit(f"error: {control} is not an equal-compute control of {run} (module.max_passes)")
+    if threats != control_threats:
+        raise SystemExit(
+            f"error: {control} evaluated {sorted(control_threats)}, {run} {sorted(threats)}: the control "
+            "needs the same threats (an unfinished robust_eval has no results.json yet)"
+        )
+
+
 def card(run: Path, control: Path, target: Path) -> dict:
     config = OmegaConf.load(run / "config.yaml")
     final = json.loads((run / "final_metrics.json").read_text())
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
     measured, control_measured = evaluations(run), evaluations(control)
     control_final = json.loads((control / "final_metrics.json").read_text())
-    # Equal compute: the same budget of passes (a run stops at the first step that reaches it, so the
-    # counts may differ by less than one step's passes) and the same threats evaluated.
-    budget = config.module.max_passes
-    if (
-        budget is None
-        or OmegaConf.load(control / "config.yaml").module.max_passes != budget
-        or set(control_measured) != set(measured)
-    ):
-        raise SystemExit(
-            f"error: {control} is not an equal-compute control of {run} (module.max_passes, threats)"
-        )
     arch = config.model.codec.arch
     first = next(iter(measured.values()))
     return {
@@ -159,6 +161,7 @@ def main() -> None:
     arch, quality = config.model.codec.arch, int(config.model.quality)
     method = json.loads((args.run / "final_metrics.json").read_text())["method"]
     target = shipped_weights(arch, "mse", quality).with_name(f"{arch}-mse-q{quality}-{method}.pth")
+    check_control(args.run, args.control)  # before any file is written
     measured = evaluations(args.run)
     checkpoints = {e["weights"] for e in measured.values()}
     if len(checkpoints) != 1:
@@ -172,10 +175,11 @@ def main() -> None:
     gains = robust_card["gain_psnr_adv"]
     for threat, evaluation in robust_card["evaluations"].items():
         e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]
+        vi = "n/a (no reconstruction moved)" if e["vi"] is None else f"{e['vi']:.2f}"
         print(
             f"{threat} eps {evaluation['eps']:.4g}: clean {e['psnr_clean']:.2f} dB, {e['bpp_clean']:.3f} bpp "
             f"(control {c['psnr_clean']:.2f} at {c['bpp_clean']:.3f}); attacked {e['psnr_adv']:.2f} dB "
-            f"(control {c['psnr_adv']:.2f}: {e['psnr_adv'] - c['psnr_adv']:+.2f}); VI {e['vi']:.2f}\n"
+            f"(control {c['psnr_adv']:.2f}: {e['psnr_adv'] - c['psnr_adv']:+.2f}); VI {vi}\n"
             f"  attacked PSNR gain over the images: {rd.spread_text(gains.get(threat))}"
         )
     print(f"shipped {checkpoint} as {target} with its card")

@@ -1,6 +1,7 @@
 """Shipping a CPU codec (benchmarks/codecs_rd.py --ship) and loading it offline: the CPU ELIC
-(`model=elic_cpu`, and `model=elic model.pretrained=true`) from the package's weights folder, and a training
-run shipped with a card whose figures are the bitstreams the shipped file codes."""
+(`model=elic_cpu`, and `model=elic model.pretrained=true`) from the package's weights folder, a training
+run shipped with a card whose figures are the bitstreams the shipped file codes, and a robust finetuning
+shipped only beside a complete control (benchmarks/ship_robust.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ def weights_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def untrained_elic_cpu(weights_dir: Path, quality: int) -> dict[str, torch.Tensor]:
-    """Weights of the CPU ELIC's shape (its entropy tables built) saved as its shipped file."""
+def untrained_shipped(weights_dir: Path, quality: int, arch: str = "elic_cpu") -> dict[str, torch.Tensor]:
+    """Weights of a shipped CPU codec's shape (its entropy tables built) saved as its shipped file."""
     torch.manual_seed(quality)
-    codec = build_codec("elic_cpu", quality=quality)
+    codec = build_codec(arch, quality=quality)
     codec.update(force=True)
     state = codec.state_dict()
-    torch.save(state, weights_dir / f"elic_cpu-mse-q{quality}.pth")
+    torch.save(state, weights_dir / f"{arch}-mse-q{quality}.pth")
     return state
 
 
@@ -47,7 +48,7 @@ def untrained_elic_cpu(weights_dir: Path, quality: int) -> dict[str, torch.Tenso
 def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weights_dir, model, entry):
     # CompressAI released no ELIC weights: model=elic model.pretrained=true is rnic's CPU ELIC, whose
     # quality 2 trained at lambda 0.0067 (not ELIC's own ladder, where quality 2 is 0.0008).
-    state = untrained_elic_cpu(weights_dir, 2)
+    state = untrained_shipped(weights_dir, 2)
     cfg = compose_config(tmp_path, model, "model.pretrained=true", "model.quality=2", config_name=entry)
     codec = codec_from_config(cfg)
     assert (type(codec).__name__, codec.groups) == ("Elic2022Official", [8, 8, 16, 32, 32])
@@ -76,7 +77,7 @@ def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weig
 def test_elic_pretrained_settings_it_was_not_trained_with_are_refused(
     tmp_path, weights_dir, overrides, message
 ):
-    untrained_elic_cpu(weights_dir, 2)
+    untrained_shipped(weights_dir, 2)
     cfg = compose_config(tmp_path, "model=elic", "model.pretrained=true", *overrides, config_name="attack")
     with pytest.raises(
         (ValueError, FileNotFoundError), match=message.replace("(", r"\(").replace(")", r"\)")
@@ -174,3 +175,42 @@ def test_a_bd_figure_without_a_common_range_is_none_in_the_results():
     assert summary["jpeg"]["bd_psnr"] is None and summary["webp"]["bd_rate"] is None
     assert summary["webp"]["bd_psnr"] == pytest.approx(-7.0)
     json.dumps(summary, allow_nan=False)
+
+
+def test_ship_robust_writes_nothing_unless_the_control_is_complete(tmp_path, weights_dir, monkeypatch):
+    # A robust run and its equal-compute control (tiny codec, a few passes, attack=auto cut short): while
+    # the control's evaluation is unfinished (no results.json yet) shipping is refused before any file is
+    # written; once it is there, the weights ship with a card whose evaluations are the run's.
+    import ship_robust
+
+    spec = {"zoo": "bmshj2018-hyperprior", "widths": (16, 24), "lambdas": {"mse": (0.0025, 0.0067, 0.018)}}
+    monkeypatch.setitem(SHIPPED, "hyperprior_tiny", spec)
+    tiny = [o for o in TINY if o not in ("robust_eval=null", "attack=none")]
+    overrides = [
+        *tiny, "model=bmshj2018_hyperprior", "model.N=16", "model.M=24", "model.lmbda=0.0067",
+        "model.quality=2", "model.codec.arch=hyperprior_tiny", "module.max_passes=6", "data.val_crop=256",
+        "robust_eval.start=false", "robust_eval.attacks.linf.steps=1", "robust_eval.attacks.linf.queries=2",
+    ]  # fmt: skip
+    base = weights_dir / "hyperprior_tiny-mse-q2.pth"  # the shipped file a robust finetuning starts from
+    torch.save(build_codec("hyperprior_tiny", quality=2).state_dict(), base)
+    runs = {}
+    for name, extra in (("robust", []), ("control", ["method=none"])):
+        cfg = compose_config(tmp_path / name, *overrides, *extra)
+        train(cfg)
+        runs[name] = run = Path(cfg.paths.output_dir)
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml([*overrides, *extra]))
+    results = runs["control"] / "robust_eval" / "linf" / "results.json"
+    kept = results.read_text()
+    results.unlink()
+    monkeypatch.setattr(
+        sys, "argv", ["ship_robust.py", str(runs["robust"]), "--control", str(runs["control"])]
+    )
+    with pytest.raises(SystemExit, match="control has no robust_eval"):
+        ship_robust.main()
+    assert list(weights_dir.iterdir()) == [base]
+    results.write_text(kept)
+    ship_robust.main()
+    path = weights_dir / "hyperprior_tiny-mse-q2-mix.pth"
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == file_sha256(path) and set(card["evaluations"]) == {"linf"}
