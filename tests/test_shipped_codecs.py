@@ -61,20 +61,20 @@ def test_the_rate_points_beat_jpeg_at_the_same_rate():
     assert min(gains) >= 1 and gains[1] >= 2, gains
 
 
-# The robust finetunings that ship: quality, method.
-ROBUST = [(1, "mix"), (2, "mix"), (3, "mix"), (2, "fast")]
+# The robust finetunings that ship: architecture, quality, method.
+ROBUST = [(ARCH, 1, "mix"), (ARCH, 2, "mix"), (ARCH, 3, "mix"), (ARCH, 2, "fast"), ("elic_cpu", 2, "mix")]
 
 
-@pytest.mark.parametrize("quality, method", ROBUST)
-def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops, quality, method):
-    path = shipped_weights(ARCH, "mse", quality, method)
+@pytest.mark.parametrize("arch, quality, method", ROBUST)
+def test_the_robust_weights_code_the_bitstreams_their_card_records(val_crops, arch, quality, method):
+    path = shipped_weights(arch, "mse", quality, method)
     card = json.loads(path.with_suffix(".json").read_text())
     assert (
         file_sha256(path) == card["sha256"]
-        and card["started_from"] == shipped_weights(ARCH, "mse", quality).name
+        and card["started_from"] == shipped_weights(arch, "mse", quality).name
     )
     assert card["quality"] == quality and card["method"] == method
-    codec = build_codec(ARCH, quality=quality, pretrained=True, robust=method).eval()
+    codec = build_codec(arch, quality=quality, pretrained=True, robust=method).eval()
     codec.update(force=True)
     x_hat, bpp = compress_decompress(codec, val_crops)
     for evaluation in card["evaluations"].values():  # each threat's attack measured these very weights
@@ -104,8 +104,8 @@ def test_every_robust_card_records_its_adversary_and_a_command_that_composes_to_
     # The card's command, composed today, trains against the adversary and with the method its card
     # records (the fast weights were trained against the clean reconstruction, before the tour's default
     # became the source), and no card names a folder of the machine that made it.
-    for quality, method in ROBUST:
-        path = shipped_weights(ARCH, "mse", quality, method)
+    for arch, quality, method in ROBUST:
+        path = shipped_weights(arch, "mse", quality, method)
         card = json.loads(path.with_suffix(".json").read_text())
         script, *overrides = card["command"].removeprefix("python ").split()
         assert script == "train.py" and "/work/" not in path.with_suffix(".json").read_text()
