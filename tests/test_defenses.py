@@ -236,15 +236,16 @@ def test_train_py_validates_through_a_defense(tiny_cfg, tmp_path):
 
 
 def test_every_defense_yaml_builds_a_defense_of_its_name_by_name_alone():
-    """rnic/conf/defense/<name>.yaml holds one key, <name>; `build_defenses([name])` builds it from that file
-    alone, a defence whose `name` is <name> (latent_clamp takes its ranges from the run's model.weights:
-    by name alone, the missing setting is named)."""
+    """rnic/conf/defense/<name>.yaml holds one key, <name> (center smoothing's also `seed`, the seed of its
+    draws: `defense.seed`); `build_defenses([name])` builds it from that file alone, a defence whose `name`
+    is <name> (latent_clamp takes its ranges from the run's model.weights: by name alone, the missing
+    setting is named)."""
     from omegaconf import OmegaConf
 
     files = {p.stem: OmegaConf.load(p) for p in (CONF / "defense").glob("*.yaml") if p.stem != "none"}
     assert len(files) >= 10
     for name, config in files.items():
-        assert list(config) == [name]
+        assert list(config) == ([name, "seed"] if name == "center_smoothing" else [name])
         if name == "latent_clamp":
             with pytest.raises(ValueError, match=r"defense\.latent_clamp\.ranges_from is not set"):
                 build_defenses([name])

@@ -64,7 +64,7 @@ def test_the_smoothed_codec_sends_the_stream_of_its_center_copy(trained_codec, p
 
 def test_every_encode_draws_fresh_noise_unless_a_seed_is_given(trained_codec, photos):
     """The guarantee is a probability over fresh draws at the perturbed input: by default every encode
-    draws from the OS; defense.center_smoothing.seed starts a reproducible stream, in which the clean
+    draws from the OS; defense.seed starts a reproducible stream, in which the clean
     and the attacked encodes still draw independently. The records keep each encode's seed."""
     x = photos[:1, :, :32, :32]
 
@@ -265,7 +265,7 @@ def test_attack_py_attacks_the_deployed_encoder_with_the_draws_it_will_use(tmp_p
         budget = ["attack.eps=0.5", "attack.steps=5"] if attack == "known_draws" else []
         cfg = smoothing_cfg(
             tmp_path / attack, trained_checkpoint, f"attack={attack}", *budget,
-            "defense.center_smoothing.seed=3", "certify.enabled=true", "certify.eps=[0.5]",
+            "defense.seed=3", "certify.enabled=true", "certify.eps=[0.5]",
         )  # fmt: skip
         evaluate_robustness(cfg)
         records = json.loads((tmp_path / attack / "results.json").read_text())["images"]

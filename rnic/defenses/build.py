@@ -33,7 +33,7 @@ def build_defenses(spec: Mapping | Sequence[str] | None) -> dict[str, nn.Module]
     items = spec.items() if isinstance(spec, Mapping) else [(name, {}) for name in spec]
     defenses, options = {}, None
     for name, entry in items:
-        if name == "none" and not entry:
+        if (name == "none" and not entry) or name == "seed":  # defense.seed: center smoothing's, inside it
             continue
         if isinstance(entry, nn.Module):
             defense = entry

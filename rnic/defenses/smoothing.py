@@ -133,8 +133,8 @@ class CenterSmoothing(nn.Module):
         `seed` computes (with fresh OS draws, the default, nobody can)."""
         if self._seeds is None:
             raise ValueError(
-                "center smoothing draws fresh noise from the OS (defense.center_smoothing.seed=null), so no "
-                "attacker can know its draws: set defense.center_smoothing.seed to study an attacker who does"
+                "center smoothing draws fresh noise from the OS (defense.seed=null), so no "
+                "attacker can know its draws: set defense.seed to study an attacker who does"
             )
         state = self._seeds.getstate()
         seeds = [self._seeds.getrandbits(62) for _ in range(count)]
@@ -359,7 +359,7 @@ def certificate_table(means: list[dict]) -> str:
 
 class KnownDrawsAttack:
     """White-box L2 attack on center smoothing's deployed encoder by an attacker who knows its draws: the
-    strongest case, possible only when a study fixes `defense.center_smoothing.seed` (with fresh OS draws,
+    strongest case, possible only when a study fixes `defense.seed` (with fresh OS draws,
     the default, it refuses). For each image of a batch it reads the seeds of the two encodes to come
     (attack.py codes a batch clean, then attacked), computes the clean center the decoder will deliver,
     and takes `steps` normalised gradient steps (quantisation skipped) on the median distance of the
