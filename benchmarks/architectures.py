@@ -269,14 +269,23 @@ def tables(rows: dict[str, dict]) -> str:
     if tuned:
         lines += [
             "",
-            "| architecture | threat | attacked PSNR: finetuned / control [dB] | gain per image [dB] |",
+            "| architecture | threat | attacked PSNR: finetuned / control [dB] | gain per image [dB] "
+            "| VI: finetuned / control [dB] | clean PSNR [dB] / bpp: finetuned; control |",
         ]
-        lines.append("|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|")
         for name, threats in tuned.items():
             for threat, t in sorted(threats.items()):
-                attacked = f"{t['mean']['psnr_adv']:.2f} / {t['control_mean']['psnr_adv']:.2f}"
+                ours, theirs = t["mean"], t["control_mean"]
+                attacked = f"{ours['psnr_adv']:.2f} / {theirs['psnr_adv']:.2f}"
+                vi = f"{number(ours['vi'], '.2f')} / {number(theirs['vi'], '.2f')}"
+                clean = (
+                    f"{ours['psnr_clean']:.2f} / {ours['bpp_clean']:.3f}; "
+                    f"{theirs['psnr_clean']:.2f} / {theirs['bpp_clean']:.3f}"
+                )
                 gain = cell(t["gain_psnr_adv"])
-                lines.append(f"| {name} | {threat} (eps {t['eps']:.4g}) | {attacked} | {gain} |")
+                lines.append(
+                    f"| {name} | {threat} (eps {t['eps']:.4g}) | {attacked} | {gain} | {vi} | {clean} |"
+                )
     return "\n".join(lines)
 
 
