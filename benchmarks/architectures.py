@@ -58,6 +58,7 @@ from rnic.report.bd import bd_or_none
 ROWS = {
     "hyperprior_cpu": "model=bmshj2018_hyperprior_cpu model.quality={quality}",
     "elic_cpu": "model=elic_cpu model.quality={quality}",
+    "tcm_cpu": "model=tcm_cpu model.quality={quality}",
 }
 # The threats and budgets of the worst case (attack.eps lists: one attack.py run per threat and select).
 BUDGETS = {"linf": (4 / 255, 8 / 255), "mse": (1e-4,)}

@@ -53,6 +53,25 @@ SHIPPED = {
         "options": {"variant": "official", "groups": (8, 8, 16, 32, 32)},
         "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
     },
+    "tcm_cpu": {
+        "family": "tcm",
+        "widths": (32, 160),
+        "options": {
+            "num_slices": 5,
+            "max_support_slices": 5,
+            "config": (1, 1, 1, 1, 1, 1),
+            "head_dim": (8, 16, 32, 32, 16, 8),
+            "drop_path_rate": 0.0,
+            "window_size": 8,
+            "hyper_channels": 64,
+            "hyper_head_dim": 32,
+            "hyper_window_size": 4,
+            "attention_dim": 32,
+            "attention_head_dim": 16,
+            "entropy_widths": (64, 64),
+        },
+        "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
+    },
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 

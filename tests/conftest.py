@@ -85,7 +85,7 @@ def tiny_widths(overrides) -> list[str]:
         return ["model.N=16", "model.M=32", "model.groups=[4,4,8,16]"]
     if "model=mlicpp" in overrides:
         return ["model.N=16", "model.M=64", "model.slice_num=2"]
-    if "model=tcm" in overrides:
+    if "model=tcm" in overrides or "model=tcm_cpu" in overrides:
         return [
             "model.N=16", "model.M=40", "model.config=[1,1,1,1,1,1]", "model.head_dim=[8,8,8,8,8,8]",
             "model.hyper_channels=32", "model.hyper_head_dim=8", "model.attention_dim=16",

@@ -1,7 +1,7 @@
 """Shipping a CPU codec (benchmarks/codecs_rd.py --ship) and loading it offline: the CPU ELIC
-(`model=elic_cpu`, and `model=elic model.pretrained=true`) from the package's weights folder, a training
-run shipped with a card whose figures are the bitstreams the shipped file codes, and a robust finetuning
-shipped only beside a complete control (benchmarks/ship_robust.py)."""
+(`model=elic_cpu`, and `model=elic model.pretrained=true`) and the CPU LIC-TCM (`model=tcm_cpu`) from the
+package's weights folder, a training run shipped with a card whose figures are the bitstreams the shipped
+file codes, and a robust finetuning shipped only beside a complete control (benchmarks/ship_robust.py)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,29 @@ def test_elic_pretrained_settings_it_was_not_trained_with_are_refused(
         (ValueError, FileNotFoundError), match=message.replace("(", r"\(").replace(")", r"\)")
     ):
         codec_from_config(cfg)
+
+
+@pytest.mark.parametrize("entry", ["attack", "train"])
+def test_the_cpu_tcm_loads_its_shipped_weights_at_its_settings(tmp_path, weights_dir, entry):
+    state = untrained_shipped(weights_dir, 3, arch="tcm_cpu")
+    cfg = compose_config(
+        tmp_path, "model=tcm_cpu", "model.pretrained=true", "model.quality=3", config_name=entry
+    )
+    codec = codec_from_config(cfg)
+    loaded = codec.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert (codec.N, codec.M) == (32, 160) and sum(p.numel() for p in codec.parameters()) == 7_196_085
+    if entry == "train":
+        assert build(cfg.module, codec=codec).lmbda == 0.018
+    refused = {
+        "model.entropy_widths=[224,128]": r"model.entropy_widths=\[224, 128\] cannot be combined",
+        "model.config=[2,2,2,2,2,2]": r"model.config=\[2, 2, 2, 2, 2, 2\] cannot be combined",
+        "model.M=320": r"model.N/model.M=\(32, 320\) cannot be combined",
+    }
+    for override, message in refused.items():
+        cfg = compose_config(tmp_path, "model=tcm_cpu", "model.pretrained=true", "model.quality=3", override)
+        with pytest.raises(ValueError, match=message):
+            codec_from_config(cfg)
 
 
 def test_elic_without_rnics_config_names_the_shipped_cpu_elic():
