@@ -409,6 +409,7 @@ class KnownDrawsAttack:
         from `center` (the codec's eval mode, its rounding skipped for gradients)."""
         smoothing, codec = self.codec.smoothing, self.codec.codec
         draws = smoothing.noise(image, smoothing.samples, smoothing.generator(seed, 0))
+        copies = torch.cat(draws)
         delta = torch.zeros_like(image, requires_grad=True)
         step = 2.5 * eps / self.steps  # PGD's usual step: the budget reached in steps / 2.5
         with rd.evaluating(codec), quantization_proxy(codec, "skip"), torch.enable_grad():
@@ -417,10 +418,10 @@ class KnownDrawsAttack:
                 with torch.no_grad():
                     distances = torch.cat([self.distances(image + delta, noise, center) for noise in draws])
                 median = int(distances.median(0).indices)
-                noise = torch.cat(draws)[median : median + 1]
+                noise = copies[median : median + 1]
                 (grad,) = torch.autograd.grad(self.distances(image + delta, noise, center).sum(), delta)
                 with torch.no_grad():
-                    moved = (image + delta + step * grad / grad.norm().clamp_min(1e-12))[None]
+                    moved = (image + delta)[None] + step * self.threat_model.ascent(grad[None])
                     projected = self.threat_model.project(image[None], moved, torch.tensor(eps).to(image))
                     delta.copy_(projected[0] - image)
         return (image + delta).detach()
