@@ -71,11 +71,11 @@ def trained_against(attack) -> dict:
             **{k: v for k, v in spec.items() if k[0] != "_"}}  # fmt: skip
 
 
-def check_control(run: Path, control: Path) -> None:
+def check_control(run: Path, control: Path, measured: dict, control_measured: dict) -> None:
     """Equal compute: the same budget of passes (a run stops at the first step that reaches it, so the
     counts may differ by less than one step's passes) and the same threats evaluated."""
     budget = OmegaConf.load(run / "config.yaml").module.max_passes
-    threats, control_threats = set(evaluations(run)), set(evaluations(control))
+    threats, control_threats = set(measured), set(control_measured)
     if budget is None or OmegaConf.load(control / "config.yaml").module.max_passes != budget:
         raise SystemExit(f"error: {control} is not an equal-compute control of {run} (module.max_passes)")
     if threats != control_threats:
@@ -85,11 +85,11 @@ def check_control(run: Path, control: Path) -> None:
         )
 
 
-def card(run: Path, control: Path, target: Path) -> dict:
+def card(run: Path, control: Path, target: Path, measured: dict, control_measured: dict) -> dict:
+    """The robust weights' card; `measured` and `control_measured`: both runs' `evaluations`."""
     config = OmegaConf.load(run / "config.yaml")
     final = json.loads((run / "final_metrics.json").read_text())
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
-    measured, control_measured = evaluations(run), evaluations(control)
     control_final = json.loads((control / "final_metrics.json").read_text())
     arch = config.model.codec.arch
     first = next(iter(measured.values()))
@@ -161,8 +161,8 @@ def main() -> None:
     arch, quality = config.model.codec.arch, int(config.model.quality)
     method = json.loads((args.run / "final_metrics.json").read_text())["method"]
     target = shipped_weights(arch, "mse", quality).with_name(f"{arch}-mse-q{quality}-{method}.pth")
-    check_control(args.run, args.control)  # before any file is written
-    measured = evaluations(args.run)
+    measured, control_measured = evaluations(args.run), evaluations(args.control)
+    check_control(args.run, args.control, measured, control_measured)  # before any file is written
     checkpoints = {e["weights"] for e in measured.values()}
     if len(checkpoints) != 1:
         raise SystemExit(f"error: {args.run}'s evaluations attacked different weights: {sorted(checkpoints)}")
@@ -170,7 +170,7 @@ def main() -> None:
     check_bitstreams(checkpoint, arch, quality, measured)
     state, _ = read_codec_state(checkpoint)
     atomic_write(target, lambda tmp: torch.save(state, tmp))
-    robust_card = card(args.run, args.control, target)
+    robust_card = card(args.run, args.control, target, measured, control_measured)
     write_json(target.with_suffix(".json"), portable(robust_card, args.run))  # no folder of this machine
     gains = robust_card["gain_psnr_adv"]
     for threat, evaluation in robust_card["evaluations"].items():
