@@ -89,7 +89,9 @@ MAX_CURVE_PANELS = 12
 
 def psnr_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
     """Per split and kind ('val attacked'): (codec passes, PSNR) at each validation of the run's
-    csv/metrics.csv, in the order logged; empty where the run logged no `val/passes_total`."""
+    csv/metrics.csv as training went; empty where the run logged no `val/passes_total`. A validation at
+    no more passes than the one before (the best checkpoint validated again after training) is not a
+    point of the curve."""
     metrics = run / "csv" / "metrics.csv"
     if not metrics.is_file():
         return {}
@@ -98,14 +100,14 @@ def psnr_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
         for row in csv.DictReader(f):
             if not row.get("val/passes_total"):
                 continue
+            passes = float(row["val/passes_total"])
             for label, prefix in CURVE_SPLITS:
                 for kind in ("clean", "attacked"):
                     value = row.get(f"{prefix}/{kind}/psnr")
-                    if value:
-                        curves.setdefault(f"{label} {kind}", []).append(
-                            (float(row["val/passes_total"]), float(value))
-                        )
-    return curves
+                    points = curves.setdefault(f"{label} {kind}", [])
+                    if value and (not points or passes > points[-1][0]):
+                        points.append((passes, float(value)))
+    return {series: points for series, points in curves.items() if points}
 
 
 def curves_figure(trainings: list[dict]) -> Figure | None:
