@@ -104,10 +104,12 @@ def psnr_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
             for label, prefix in CURVE_SPLITS:
                 for kind in ("clean", "attacked"):
                     value = row.get(f"{prefix}/{kind}/psnr")
+                    if not value:
+                        continue
                     points = curves.setdefault(f"{label} {kind}", [])
-                    if value and (not points or passes > points[-1][0]):
+                    if not points or passes > points[-1][0]:
                         points.append((passes, float(value)))
-    return {series: points for series, points in curves.items() if points}
+    return curves
 
 
 def curves_figure(trainings: list[dict]) -> Figure | None:
