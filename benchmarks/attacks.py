@@ -29,44 +29,32 @@ from rnic.codecs import build_codec, load_weights
 from rnic.data import SampleImages, read_image
 from rnic.evaluation.pairs import code_pair
 
+SMALL_CODEC = ("model=bmshj2018_hyperprior", "model.N=32", "model.M=48")
 
-def train_small_codec(output_dir: Path) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
-    from rnic.config import CONF
+def train_small_codec(output_dir: Path, model: tuple[str, ...] = SMALL_CODEC, steps: int = 300) -> Path:
+    """Train the codec of train.py's `model` overrides clean from scratch for `steps` steps on the
+    sample photos (128 px crops, lr 1e-3): a briefly trained instance. Returns its last checkpoint."""
+    from finetune_gain import QUIET, compose_config  # benchmarks/, beside this script
+
     from rnic.training import train
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[  # clean from scratch, whatever train.py's main job is
-                "model=bmshj2018_hyperprior",
-                "model.pretrained=false",
-                "attack=none",
-                "method=none",
-                "robust_eval=null",
-                "module.max_passes=null",
-                "model.N=32",
-                "model.M=48",
-                "data.patch_size=128",
-                "data.max_val_images=1",
-                "data.val_crop=192",
-                "module.optimizer.lr=1e-3",
-                "trainer.max_steps=300",
-                "trainer.val_check_interval=300",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                "~callbacks.progress_bar",
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    train(cfg)
+    overrides = [  # clean from scratch, whatever train.py's main job is
+        *model,
+        "model.pretrained=false",
+        "attack=none",
+        "method=none",
+        "robust_eval=null",
+        "module.max_passes=null",
+        "data.patch_size=128",
+        "data.max_val_images=1",
+        "data.val_crop=192",
+        "module.optimizer.lr=1e-3",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        *QUIET,
+    ]
+    train(compose_config("train", output_dir, overrides))
     return output_dir / "checkpoints" / "last.ckpt"
 
 

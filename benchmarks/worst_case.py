@@ -9,16 +9,21 @@ how much over the runner-up).
     python benchmarks/worst_case.py [--codecs shipped-q1 shipped-q2 shipped-q3 small] [--images 2 --size 256]
         [--scale 1.0] [--x10 auto apgd pgd square] [--threats mse linf]
 
-`shipped-q<k>`: rnic's shipped CPU codec at quality k; `small`: the small hyperprior benchmarks/attacks.py
-trains (300 steps); `PATH=arch:N:M`: your own weights. `--scale` multiplies every attack's steps and
-queries (0.1 for a quick look; the defaults and the 10x column keep their ratio); `--x10` names the attacks
-that also run at 10x their steps (all by default; `--x10` alone: none).
+`shipped-q<k>`: rnic's shipped CPU codec at quality k; `small`: a small hyperprior (N=32, M=48) trained
+here; `PATH=arch:N:M`: your own weights; "model=... KEY=VALUE ...": attack.py's model overrides, e.g.
+"model=tcm_cpu model.quality=2" (shipped weights) or "model=cheng2020_checkerboard model.N=32" (no weights
+named: trained here as `small` is). Trained here: clean from scratch on the sample photos for
+--train-steps steps (300). `--scale` multiplies every attack's steps and queries (0.1 for a quick look; the
+defaults and the 10x column keep their ratio); `--x10` names the attacks that also run at 10x their steps
+(all by default; `--x10` alone: none).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import re
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -31,21 +36,30 @@ from rnic.attacks import APGD, PGD, AutoAttack, Square, ThresholdAttack
 from rnic.attacks.threat import MSE_BOX
 from rnic.codecs import build_codec, load_weights
 from rnic.coding import compress_decompress
+from rnic.config import codec_from_config
 from rnic.data import SampleImages, read_image
 
 THREATS = {"mse": 1e-4, "linf": 4 / 255}
 X10 = ("auto", "apgd", "pgd", "square")
 
 
-def load(spec: str, workdir: Path) -> torch.nn.Module:
+def load(spec: str, workdir: Path, train_steps: int = 300) -> torch.nn.Module:
     if spec.startswith("shipped-q"):
         codec = build_codec(
             "bmshj2018_hyperprior_cpu", quality=int(spec[len("shipped-q") :]), pretrained=True
         )
-    elif spec == "small":
-        from attacks import train_small_codec  # benchmarks/attacks.py, beside this script
+    elif spec == "small" or spec.startswith("model="):
+        from attacks import SMALL_CODEC, train_small_codec  # benchmarks/, beside this script
+        from finetune_gain import compose_config
 
-        codec = load_weights(build_codec("bmshj2018_hyperprior", N=32, M=48), train_small_codec(workdir))
+        overrides = list(SMALL_CODEC) if spec == "small" else shlex.split(spec)
+        folder = workdir / re.sub(r"[^\w.-]+", "_", " ".join(overrides))
+        cfg = compose_config("attack", folder, overrides)
+        if not (cfg.model.get("weights") or cfg.model.get("pretrained")):
+            # no weights named: a briefly trained instance, not random weights
+            weights = train_small_codec(folder / "train", tuple(overrides), train_steps)
+            cfg = compose_config("attack", folder, [*overrides, f"model.weights={weights}"])
+        codec = codec_from_config(cfg)
     else:
         path, widths = spec.split("=")
         arch, n, m = widths.split(":")
@@ -143,6 +157,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--x10", nargs="*", default=list(X10), choices=X10)
+    parser.add_argument(
+        "--train-steps", type=int, default=300, help="steps of the codecs trained here (no weights named)"
+    )
     parser.add_argument("--threats", nargs="+", default=list(THREATS), choices=list(THREATS))
     args = parser.parse_args()
     paths = SampleImages().splits()["val"][: args.images]
@@ -150,7 +167,7 @@ def main() -> None:
     x = torch.round(x * 255) / 255
     workdir = Path(tempfile.mkdtemp(prefix="rnic-worst-"))
     for spec in args.codecs:
-        codec = load(spec, workdir)
+        codec = load(spec, workdir, args.train_steps)
         for threat in args.threats:
             rows = []
             for name, attack in attacks(codec, threat, args.scale, tuple(args.x10)).items():
