@@ -7,6 +7,7 @@ from rnic import rd
 from rnic.attacks import PGD, NoAttack, Objective, ThresholdAttack, ZeroGradientError
 from rnic.attacks.objectives import Context
 from rnic.attacks.threat import l2_norm
+from rnic.codecs import build_codec
 from rnic.coding import compress_decompress
 
 LINF = 4 / 255
@@ -82,6 +83,15 @@ def test_a_stationary_start_is_caught(trained_codec, photos):
     # flips: the distortion against the clean reconstruction has zero gradient at the source.
     with pytest.raises(ZeroGradientError, match="random_start"):
         PGD(trained_codec, eps=LINF, steps=2, random_start=False, proxy="ste")(photos)
+
+
+def test_a_codec_that_ignores_its_input_is_named_as_the_cause(photos):
+    codec = build_codec("bmshj2018_hyperprior", N=8, M=8).eval()
+    last = codec.g_s[-1]  # the synthesis's last layer
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, 0.5)  # every reconstruction a flat grey
+    with pytest.raises(ZeroGradientError, match="does not move with its input"):
+        PGD(codec, eps=LINF, steps=2, proxy="skip")(photos)
 
 
 @pytest.mark.parametrize("proxy", ["noise", "ste"])

@@ -180,17 +180,25 @@ class Attack:
 
     def check_gradient(self, grad: Tensor) -> None:
         dead = grad.flatten(1).abs().amax(1) == 0
-        if bool(dead.any()):
-            raise ZeroGradientError(
-                f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s). "
-                f"With proxy={self.proxy!r} "
-                + (
-                    "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
-                    if self.proxy == "none"
-                    else "the attack starts at a stationary point (e.g. reference=clean with proxy=ste and "
-                    "no random start): use attack.random_start=true or attack.proxy=skip."
-                )
+        if not bool(dead.any()):
+            return
+        if self.proxy == "none":
+            why = "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
+        elif self.proxy == "skip":
+            # nothing rounds under skip: the reconstruction itself ignores the input
+            why = (
+                "the codec's reconstruction does not move with its input there (an untrained or collapsed "
+                "codec, or a reconstruction clamped to 0 or 1 everywhere): check the codec's weights."
             )
+        else:
+            why = (
+                "the attack starts at a stationary point (e.g. reference=clean with proxy=ste and no random "
+                "start): use attack.random_start=true or attack.proxy=skip."
+            )
+        raise ZeroGradientError(
+            f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s). "
+            f"With proxy={self.proxy!r} {why}"
+        )
 
     def settings(self) -> dict:
         """Every constructor argument of the attack (but the codec), read back from the attribute
