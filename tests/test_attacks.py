@@ -1,5 +1,7 @@
 """Every attack on a trained small codec: budgets, strength against noise, determinism, guards."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -90,7 +92,7 @@ def test_a_codec_that_ignores_its_input_is_named_as_the_cause(photos):
     last = codec.g_s[-1]  # the synthesis's last layer
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.constant_(last.bias, 0.5)  # every reconstruction a flat grey
-    with pytest.raises(ZeroGradientError, match="does not move with its input"):
+    with pytest.raises(ZeroGradientError, match="ignores its"):
         PGD(codec, eps=LINF, steps=2, proxy="skip")(photos)
 
 
@@ -250,3 +252,16 @@ def test_the_threshold_attack_is_the_papers_code(trained_codec, photos):
     assert [round(paper_lr(0.01, i, 60) / 0.01, 6) for i in (0, 1, 20, 21, 40, 41, 59)] == [
         1.0, 0.33, 0.33, 0.1089, 0.1089, 0.035937, 0.035937,
     ]  # fmt: skip
+
+
+def test_the_recipes_zero_start_that_cannot_move_is_reported(trained_codec, photos):
+    # A codec that rounds inside its forward reproduces the clean reconstruction at the recipe's zero
+    # start: the distortion against it is flat there, Adam never moves, and the source comes back.
+    x = torch.round(photos[:, :, :64, :64] * 255) / 255
+    elic = build_codec("elic", N=16, M=32, groups=[4, 4, 8, 16]).eval()
+    elic.update(force=True)
+    with pytest.warns(UserWarning, match="zero at the zero start for 2 image"):
+        assert torch.equal(ThresholdAttack(elic, eps=1e-4, steps=3)(x), x)
+    with warnings.catch_warnings():  # the hyperprior's skipped rounding: a gradient, no warning
+        warnings.simplefilter("error")
+        assert not torch.equal(ThresholdAttack(trained_codec, eps=1e-4, steps=3)(x), x)

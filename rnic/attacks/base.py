@@ -184,16 +184,13 @@ class Attack:
             return
         if self.proxy == "none":
             why = "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
-        elif self.proxy == "skip":
-            # nothing rounds under skip: the reconstruction itself ignores the input
-            why = (
-                "the codec's reconstruction does not move with its input there (an untrained or collapsed "
-                "codec, or a reconstruction clamped to 0 or 1 everywhere): check the codec's weights."
-            )
         else:
             why = (
-                "the attack starts at a stationary point (e.g. reference=clean with proxy=ste and no random "
-                "start): use attack.random_start=true or attack.proxy=skip."
+                "either the attack starts at a stationary point (at the source, a forward that reproduces "
+                "the clean reconstruction, as under proxy=ste or in the codecs that round inside their "
+                "forward (checkerboard, ELIC, variable-rate), leaves the distortion against it flat: use "
+                "attack.random_start=true, or attack.proxy=skip where only the entropy models round), "
+                "or the codec's reconstruction ignores its input (untrained or collapsed weights)."
             )
         raise ZeroGradientError(
             f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s). "

@@ -4,6 +4,7 @@ runs it (attack_rd.py, `attack_fgsm`), with each of its choices also available a
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,21 @@ def paper_lr(lr: float, step: int, steps: int) -> float:
     with `step % (steps // 3) == 0`, step 0 included, so the full rate serves the first step only."""
     period = max(1, steps // 3)
     return lr * PAPER_GAMMA ** min(math.ceil(step / period), 3)
+
+
+def warn_if_stuck(grad: Tensor) -> None:
+    """The paper's zero start is a stationary point where the codec's differentiated forward reproduces the
+    clean reconstruction there (codecs that round inside their forward): Adam never moves those images.
+    The recipe still returns them, as the paper's loop would, but not silently."""
+    stuck = int((grad.flatten(1).abs().amax(1) == 0).sum())
+    if stuck:
+        warnings.warn(
+            f"ThresholdAttack: the gradient is exactly zero at the zero start for {stuck} image(s): Adam "
+            "cannot move them, and they come back unchanged (the codec's forward reproduces the clean "
+            "reconstruction at the source, as ELIC, the checkerboard and variable-rate codecs do). "
+            "attack.init > 0 starts elsewhere.",
+            stacklevel=3,
+        )
 
 
 class ThresholdAttack(Attack):
@@ -145,6 +161,8 @@ class ThresholdAttack(Attack):
                 grad = -grad
                 if step == 0 and self.init:
                     self.check_gradient(grad)
+                elif step == 0:
+                    warn_if_stuck(grad)
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(step)
                 noise.grad = grad
