@@ -30,9 +30,12 @@ from rnic.data import SampleImages, read_image
 from rnic.evaluation.pairs import code_pair
 
 SMALL_CODEC = ("model=bmshj2018_hyperprior", "model.N=32", "model.M=48")
+TRAIN_STEPS = 300
 
 
-def train_small_codec(output_dir: Path, model: tuple[str, ...] = SMALL_CODEC, steps: int = 300) -> Path:
+def train_small_codec(
+    output_dir: Path, model: tuple[str, ...] = SMALL_CODEC, steps: int = TRAIN_STEPS
+) -> Path:
     """Train the codec of train.py's `model` overrides clean from scratch for `steps` steps on the
     sample photos (128 px crops, lr 1e-3): a briefly trained instance. Returns its last checkpoint."""
     from finetune_gain import QUIET, compose_config  # benchmarks/, beside this script

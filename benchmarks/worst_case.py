@@ -7,7 +7,7 @@ wall time measured side by side in this one run, and which attack wins by VI and
 how much over the runner-up).
 
     python benchmarks/worst_case.py [--codecs shipped-q1 shipped-q2 shipped-q3 small] [--images 2 --size 256]
-        [--scale 1.0] [--x10 auto apgd pgd square] [--threats mse linf]
+        [--scale 1.0] [--x10 auto apgd pgd square] [--threats mse linf] [--train-steps 300] [--workdir DIR]
 
 `shipped-q<k>`: rnic's shipped CPU codec at quality k; `small`: a small hyperprior (N=32, M=48) trained
 here; `PATH=arch:N:M`: your own weights; "model=... KEY=VALUE ...": attack.py's model overrides, e.g.
@@ -21,6 +21,7 @@ defaults and the 10x column keep their ratio); `--x10` names the attacks that al
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import re
 import shlex
@@ -29,37 +30,43 @@ import time
 from pathlib import Path
 
 import torch
+from attacks import SMALL_CODEC, TRAIN_STEPS, train_small_codec  # benchmarks/, beside this script
+from finetune_gain import compose_config
 from torchvision.transforms import v2
 
 from rnic import rd
 from rnic.attacks import APGD, PGD, AutoAttack, Square, ThresholdAttack
 from rnic.attacks.threat import MSE_BOX
+from rnic.classical import ClassicalCodec
 from rnic.codecs import build_codec, load_weights
 from rnic.coding import compress_decompress
-from rnic.config import codec_from_config
+from rnic.config import codec_from_config, has_weights
 from rnic.data import SampleImages, read_image
 
 THREATS = {"mse": 1e-4, "linf": 4 / 255}
 X10 = ("auto", "apgd", "pgd", "square")
 
 
-def load(spec: str, workdir: Path, train_steps: int = 300) -> torch.nn.Module:
+def load(spec: str, workdir: Path, train_steps: int = TRAIN_STEPS) -> torch.nn.Module:
     if spec.startswith("shipped-q"):
         codec = build_codec(
             "bmshj2018_hyperprior_cpu", quality=int(spec[len("shipped-q") :]), pretrained=True
         )
     elif spec == "small" or spec.startswith("model="):
-        from attacks import SMALL_CODEC, train_small_codec  # benchmarks/, beside this script
-        from finetune_gain import compose_config
-
         overrides = list(SMALL_CODEC) if spec == "small" else shlex.split(spec)
-        folder = workdir / re.sub(r"[^\w.-]+", "_", " ".join(overrides))
+        # one folder per codec and training length: a rerun in the same --workdir reuses what was trained
+        tag = hashlib.sha256(f"{overrides} {train_steps}".encode()).hexdigest()[:8]
+        slug = re.sub(r"[^\w.-]+", "_", " ".join(overrides))[:80]
+        folder = workdir / f"{slug}-{tag}"
         cfg = compose_config("attack", folder, overrides)
-        if not (cfg.model.get("weights") or cfg.model.get("pretrained")):
-            # no weights named: a briefly trained instance, not random weights
-            weights = train_small_codec(folder / "train", tuple(overrides), train_steps)
-            cfg = compose_config("attack", folder, [*overrides, f"model.weights={weights}"])
         codec = codec_from_config(cfg)
+        if not (
+            has_weights(cfg.model) or cfg.model.get("allow_random_init") or isinstance(codec, ClassicalCodec)
+        ):  # no weights named: a briefly trained instance, not random weights
+            weights = folder / "train" / "checkpoints" / "last.ckpt"
+            if not weights.exists():
+                train_small_codec(folder / "train", tuple(overrides), train_steps)
+            codec = load_weights(codec, weights)
     else:
         path, widths = spec.split("=")
         arch, n, m = widths.split(":")
@@ -158,14 +165,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--x10", nargs="*", default=list(X10), choices=X10)
     parser.add_argument(
-        "--train-steps", type=int, default=300, help="steps of the codecs trained here (no weights named)"
+        "--train-steps", type=int, default=TRAIN_STEPS, help="steps of a codec trained here (no weights)"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keeps the codecs trained here (a rerun reuses them); default: a new temp folder",
     )
     parser.add_argument("--threats", nargs="+", default=list(THREATS), choices=list(THREATS))
     args = parser.parse_args()
     paths = SampleImages().splits()["val"][: args.images]
     x = torch.stack([v2.CenterCrop(args.size)(read_image(p)) for p in paths])
     x = torch.round(x * 255) / 255
-    workdir = Path(tempfile.mkdtemp(prefix="rnic-worst-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnic-worst-"))
     for spec in args.codecs:
         codec = load(spec, workdir, args.train_steps)
         for threat in args.threats:

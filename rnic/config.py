@@ -25,6 +25,11 @@ def build(config: DictConfig, **kwargs):
         raise
 
 
+def has_weights(model: DictConfig) -> bool:
+    """Whether `model` names weights: a file (`model.weights`) or the shipped or zoo ones (`pretrained`)."""
+    return bool(model.get("weights") or model.get("pretrained"))
+
+
 def codec_from_config(cfg: DictConfig) -> torch.nn.Module:
     """The codec of `cfg.model`, with `model.weights` loaded when given (they take precedence over
     `model.pretrained`). Pretrained weights from a known file are recorded in `cfg.model` like a

@@ -23,7 +23,7 @@ from rnic.attacks import NoAttack
 from rnic.callbacks import AtomicCheckpointIO
 from rnic.classical import REFERENCES, ClassicalCodec, matched_reference, reference_line
 from rnic.coding import compress_decompress, device_of
-from rnic.config import build, build_attacks, codec_from_config, config_group
+from rnic.config import build, build_attacks, codec_from_config, config_group, has_weights
 from rnic.evaluation.card import build_card, write_card
 from rnic.image_sets import image_names, image_set
 from rnic.io import write_json
@@ -77,12 +77,7 @@ def check_starting_weights(cfg: DictConfig) -> DictConfig:
     refused unless model.allow_random_init=true; with the main job's attack, not chosen by the user, such a
     codec trains from scratch, clean (`python train.py model.pretrained=false`), without robust_eval."""
     model = cfg.model
-    if (
-        model.get("weights")
-        or model.get("pretrained")
-        or cfg.get("ckpt_path")
-        or model.get("allow_random_init")
-    ):
+    if has_weights(model) or cfg.get("ckpt_path") or model.get("allow_random_init"):
         return cfg
     if cfg.attack.get("_target_") == "rnic.attacks.NoAttack" or issubclass(
         get_class(cfg.method._target_), CleanTraining

@@ -87,7 +87,7 @@ def test_a_stationary_start_is_caught(trained_codec, photos):
         PGD(trained_codec, eps=LINF, steps=2, random_start=False, proxy="ste")(photos)
 
 
-def test_a_codec_that_ignores_its_input_is_named_as_the_cause(photos):
+def test_a_codec_that_ignores_its_input_is_caught(photos):
     codec = build_codec("bmshj2018_hyperprior", N=8, M=8).eval()
     last = codec.g_s[-1]  # the synthesis's last layer
     torch.nn.init.zeros_(last.weight)
@@ -265,3 +265,5 @@ def test_the_recipes_zero_start_that_cannot_move_is_reported(trained_codec, phot
     with warnings.catch_warnings():  # the hyperprior's skipped rounding: a gradient, no warning
         warnings.simplefilter("error")
         assert not torch.equal(ThresholdAttack(trained_codec, eps=1e-4, steps=3)(x), x)
+    with pytest.raises(ZeroGradientError, match="torch.round"):  # rounding kept: not a recipe's result
+        ThresholdAttack(trained_codec, eps=1e-4, steps=3, proxy="none")(x)

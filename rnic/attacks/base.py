@@ -92,6 +92,28 @@ def eot_clean(codec: nn.Module, x: Tensor, ctx: Context) -> Context:
     return replace(ctx, clean=torch.stack(draws).mean(0))
 
 
+def zero_gradient(grad: Tensor) -> Tensor:
+    """Per image: whether the attack's gradient is exactly zero everywhere."""
+    return grad.flatten(1).abs().amax(1) == 0
+
+
+def zero_gradient_causes(proxy: str | None) -> str:
+    """What makes an attack's gradient exactly zero, and what to do about it."""
+    rounding = (
+        "with proxy='none' the entropy models round with torch.round (use attack.proxy=ste, noise or "
+        "skip), or "
+        if proxy == "none"
+        else ""
+    )
+    return (
+        f"{rounding}the attack starts at a stationary point (at the source, a forward that reproduces the "
+        "clean reconstruction, as under proxy=ste or in the codecs that round inside their forward: "
+        "checkerboard, ELIC, variable-rate, leaves the distortion against it flat: start at random, "
+        "attack.random_start=true for PGD, attack.init > 0 for the threshold attack), or the codec's "
+        "reconstruction ignores its input (untrained or collapsed weights)."
+    )
+
+
 class Attack:
     """Base class: `attack(x)` returns adversarial images in [0, 1], same shape as `x`.
 
@@ -179,23 +201,12 @@ class Attack:
         return total / draws
 
     def check_gradient(self, grad: Tensor) -> None:
-        dead = grad.flatten(1).abs().amax(1) == 0
-        if not bool(dead.any()):
-            return
-        if self.proxy == "none":
-            why = "the codec rounds with torch.round (zero gradient): use attack.proxy=ste, noise or skip."
-        else:
-            why = (
-                "either the attack starts at a stationary point (at the source, a forward that reproduces "
-                "the clean reconstruction, as under proxy=ste or in the codecs that round inside their "
-                "forward (checkerboard, ELIC, variable-rate), leaves the distortion against it flat: use "
-                "attack.random_start=true, or attack.proxy=skip where only the entropy models round), "
-                "or the codec's reconstruction ignores its input (untrained or collapsed weights)."
+        dead = zero_gradient(grad)
+        if bool(dead.any()):
+            raise ZeroGradientError(
+                f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s): "
+                + zero_gradient_causes(self.proxy)
             )
-        raise ZeroGradientError(
-            f"{type(self).__name__}: the gradient is exactly zero for {int(dead.sum())} image(s). "
-            f"With proxy={self.proxy!r} {why}"
-        )
 
     def settings(self) -> dict:
         """Every constructor argument of the attack (but the codec), read back from the attribute

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rnic.attacks import rng
-from rnic.attacks.base import Attack
+from rnic.attacks.base import Attack, zero_gradient, zero_gradient_causes
 from rnic.attacks.objectives import Context, distortion
 
 SCHEDULES = ("paper", "thirds")
@@ -40,21 +40,6 @@ def paper_lr(lr: float, step: int, steps: int) -> float:
     with `step % (steps // 3) == 0`, step 0 included, so the full rate serves the first step only."""
     period = max(1, steps // 3)
     return lr * PAPER_GAMMA ** min(math.ceil(step / period), 3)
-
-
-def warn_if_stuck(grad: Tensor) -> None:
-    """The paper's zero start is a stationary point where the codec's differentiated forward reproduces the
-    clean reconstruction there (codecs that round inside their forward): Adam never moves those images.
-    The recipe still returns them, as the paper's loop would, but not silently."""
-    stuck = int((grad.flatten(1).abs().amax(1) == 0).sum())
-    if stuck:
-        warnings.warn(
-            f"ThresholdAttack: the gradient is exactly zero at the zero start for {stuck} image(s): Adam "
-            "cannot move them, and they come back unchanged (the codec's forward reproduces the clean "
-            "reconstruction at the source, as ELIC, the checkerboard and variable-rate codecs do). "
-            "attack.init > 0 starts elsewhere.",
-            stacklevel=3,
-        )
 
 
 class ThresholdAttack(Attack):
@@ -159,10 +144,16 @@ class ThresholdAttack(Attack):
                 ascent = torch.where(d_in > eps, -d_in, value).sum()
                 (grad,) = torch.autograd.grad(ascent, noise)
                 grad = -grad
-                if step == 0 and self.init:
+                if step == 0 and (self.init or self.proxy == "none"):
                     self.check_gradient(grad)
-                elif step == 0:
-                    warn_if_stuck(grad)
+                elif step == 0 and bool(zero_gradient(grad).any()):
+                    # The paper's zero start: the recipe returns what the paper's loop would, not silently.
+                    warnings.warn(
+                        f"ThresholdAttack: the gradient is exactly zero at the zero start for "
+                        f"{int(zero_gradient(grad).sum())} image(s), which come back unchanged: "
+                        + zero_gradient_causes(self.proxy),
+                        stacklevel=4,
+                    )
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(step)
                 noise.grad = grad
