@@ -37,10 +37,9 @@ from torchvision.transforms import v2
 from rnic import rd
 from rnic.attacks import APGD, PGD, AutoAttack, Square, ThresholdAttack
 from rnic.attacks.threat import MSE_BOX
-from rnic.classical import ClassicalCodec
 from rnic.codecs import build_codec, load_weights
 from rnic.coding import compress_decompress
-from rnic.config import codec_from_config, has_weights
+from rnic.config import codec_from_config, untrained
 from rnic.data import SampleImages, read_image
 
 THREATS = {"mse": 1e-4, "linf": 4 / 255}
@@ -60,9 +59,7 @@ def load(spec: str, workdir: Path, train_steps: int = TRAIN_STEPS) -> torch.nn.M
         folder = workdir / f"{slug}-{tag}"
         cfg = compose_config("attack", folder, overrides)
         codec = codec_from_config(cfg)
-        if not (
-            has_weights(cfg.model) or cfg.model.get("allow_random_init") or isinstance(codec, ClassicalCodec)
-        ):  # no weights named: a briefly trained instance, not random weights
+        if untrained(cfg.model, codec):  # no weights named: a briefly trained instance instead
             weights = folder / "train" / "checkpoints" / "last.ckpt"
             if not weights.exists():
                 train_small_codec(folder / "train", tuple(overrides), train_steps)

@@ -10,6 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rnic.classical import ClassicalCodec
 from rnic.codecs import load_weights, pretrained_file
 from rnic.config_groups import CONF, config_group  # noqa: F401  (imported from here too)
 from rnic.io import file_sha256
@@ -28,6 +29,12 @@ def build(config: DictConfig, **kwargs):
 def has_weights(model: DictConfig) -> bool:
     """Whether `model` names weights: a file (`model.weights`) or the shipped or zoo ones (`pretrained`)."""
     return bool(model.get("weights") or model.get("pretrained"))
+
+
+def untrained(model: DictConfig, codec: torch.nn.Module) -> bool:
+    """Whether `codec` is a learned codec left at its random initialisation: no weights named and no
+    `model.allow_random_init` (a classical coder has nothing to learn)."""
+    return not (has_weights(model) or model.get("allow_random_init") or isinstance(codec, ClassicalCodec))
 
 
 def codec_from_config(cfg: DictConfig) -> torch.nn.Module:

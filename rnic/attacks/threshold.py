@@ -146,12 +146,11 @@ class ThresholdAttack(Attack):
                 grad = -grad
                 if step == 0 and (self.init or self.proxy == "none"):
                     self.check_gradient(grad)
-                elif step == 0 and bool(zero_gradient(grad).any()):
+                elif step == 0 and (stuck := int(zero_gradient(grad).sum())):
                     # The paper's zero start: the recipe returns what the paper's loop would, not silently.
                     warnings.warn(
-                        f"ThresholdAttack: the gradient is exactly zero at the zero start for "
-                        f"{int(zero_gradient(grad).sum())} image(s), which come back unchanged: "
-                        + zero_gradient_causes(self.proxy),
+                        f"ThresholdAttack: the gradient is exactly zero at the zero start for {stuck} "
+                        "image(s), which come back unchanged: " + zero_gradient_causes(self.proxy),
                         stacklevel=4,
                     )
                 for group in optimizer.param_groups:

@@ -19,7 +19,7 @@ from rnic.attacks.base import LEVEL_TOLERANCE
 from rnic.budgets import format_budget
 from rnic.classical import FORMATS, ClassicalCodec, to_uint8
 from rnic.coding import coder_on, forward_is_decoded
-from rnic.config import attack_spec, build, build_attacks, codec_from_config, has_weights
+from rnic.config import attack_spec, build, build_attacks, codec_from_config, untrained
 from rnic.dashboard import check_attack_loggers, log_attack_run
 from rnic.data import SPLITS, ImageDataset, image_size, read_image
 from rnic.defenses import build_defenses, defended
@@ -146,12 +146,7 @@ class Evaluation:
         """The codec (refused untrained), the defended codec if any defense, and their coders."""
         cfg = self.cfg
         self.codec = codec_from_config(cfg).to(self.device).eval()
-        untrained = not has_weights(cfg.model)
-        if (
-            untrained
-            and not isinstance(self.codec, ClassicalCodec)
-            and not cfg.model.get("allow_random_init")
-        ):
+        if untrained(cfg.model, self.codec):
             raise ValueError(
                 f"model={cfg.model.codec.get('arch') or cfg.model.codec._target_} has neither "
                 "model.weights nor model.pretrained=true: attacking a randomly initialised codec measures "
