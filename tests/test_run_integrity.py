@@ -75,7 +75,9 @@ def test_a_killed_attack_run_is_marked_unfinished_refused_by_check_and_resumes(t
         "batch_size=1",
         f"hydra.run.dir={run}",
     ]
-    kill_when("attack.py", args, lambda: (run / "results.json").is_file())
+    # results.csv is the last of a batch's three files (records.write_budget): killed after it, the folder
+    # holds the first batch whole; killed earlier, the card could be missing (a race seen in CI).
+    kill_when("attack.py", args, lambda: (run / "results.csv").is_file())
     results = json.loads((run / "results.json").read_text())
     card = json.loads((run / "card.json").read_text())
     assert (len(results["images"]), results["images_planned"], results["complete"]) == (1, 2, False)
