@@ -231,8 +231,9 @@ def cell(figures: dict | None, digits: int = 2) -> str:
     return f"{figures['mean']:.{digits}f} ({figures['median']:.{digits}f}, {figures['std']:.{digits}f})"
 
 
-def number(value: float | None, form: str) -> str:
-    return "n/a" if value is None else format(value, form)
+def number(value: float | None, form: str, unit: str = "") -> str:
+    """`value` formatted, or n/a (e.g. BD-rate where the two curves share no PSNR range)."""
+    return "n/a" if value is None else format(value, form) + unit
 
 
 def tables(rows: dict[str, dict]) -> str:
@@ -248,7 +249,7 @@ def tables(rows: dict[str, dict]) -> str:
             spread = figures["per_image"]
             bd_cells.append(
                 f"{number(figures['bd_psnr'], '+.2f')}; per image {cell(spread['bd_psnr']['spread'])} | "
-                f"{number(figures['bd_rate'], '+.1f')}%; per image {cell(spread['bd_rate']['spread'], 1)}"
+                f"{number(figures['bd_rate'], '+.1f', '%')}; per image {cell(spread['bd_rate']['spread'], 1)}"
             )
         coding = f"{cell(row['encode_s'], 3)} / {cell(row['decode_s'], 3)}"
         lines.append(f"| {name} | {row['parameters'] / 1e6:.2f} M | {coding} | {' | '.join(bd_cells)} |")

@@ -34,6 +34,12 @@ def test_per_image_bd_follows_each_images_own_curve():
     assert all(rate < 0 for rate in found["bd_rate"]["per_image"])  # better: less rate at equal PSNR
 
 
+def test_a_figure_the_curves_do_not_allow_reads_n_a_without_its_unit():
+    # BD-rate is None where the two curves share no PSNR range (a learned codec far above JPEG)
+    assert architectures.number(None, "+.1f", "%") == "n/a"
+    assert architectures.number(-31.25, "+.1f", "%") == "-31.2%"
+
+
 def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
     torch.manual_seed(0)
     rows = {}
@@ -72,6 +78,7 @@ def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
             recipe["auto"]["seconds"] / recipe["paper recipe"]["seconds"]
         )
         assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2  # both tables
+    assert "n/a%" not in table
     # A rerun reads back each row measured under the same settings (here: a figure altered in its file
     # survives), and measures again a row whose settings changed.
     stored = {name: out / "rows" / f"{name}.json" for name in rows}
