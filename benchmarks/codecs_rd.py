@@ -50,7 +50,7 @@ from rnic.codecs import (
 from rnic.coding import compress_decompress
 from rnic.data import SampleImages, read_image
 from rnic.evaluation.card import portable, versions
-from rnic.io import atomic_write, file_sha256, write_json, write_png
+from rnic.io import file_sha256, write_json, write_png, write_torch
 from rnic.report.bd import bd_psnr, bd_rate
 
 CROP = 256
@@ -257,7 +257,7 @@ def ship(checkpoint: Path, arch: str, quality: int) -> None:
     state, _ = read_codec_state(checkpoint)
     target = codecs.WEIGHTS_DIR / f"{arch}-mse-q{quality}.pth"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda tmp: torch.save(state, tmp))
+    write_torch(target, state)
     print(f"shipped {checkpoint} as {target}")
 
 

@@ -33,6 +33,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_torch(path: str | Path, obj: Any) -> Path:
+    """`torch.save(obj)` written atomically, its bytes a function of `obj` alone: saved to a file, the
+    archive's inner folder takes the (temporary) file's name, so equal weights would differ in bytes and
+    SHA-256 at every save."""
+    import torch  # report.py reads results without importing torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Strict JSON (allow_nan=False): a NaN or infinity in `data` is a bug, not a value to write."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"

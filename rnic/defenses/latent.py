@@ -133,9 +133,9 @@ def measure_latent_ranges(codec: nn.Module, images) -> dict:
 
 def save_latent_ranges(path: str | Path, ranges: dict) -> Path:
     """Store `ranges` (with the `weights_sha256` they were measured on) as a ranges file of its own."""
-    from rnic.io import atomic_write
+    from rnic.io import write_torch
 
-    return atomic_write(Path(path), lambda tmp: torch.save({RANGES_KEY: ranges}, tmp))
+    return write_torch(path, {RANGES_KEY: ranges})
 
 
 def check_ranges_match(ranges: dict, weights: str | Path) -> None:
