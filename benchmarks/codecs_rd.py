@@ -50,7 +50,7 @@ from rnic.codecs import (
 from rnic.coding import compress_decompress
 from rnic.data import SampleImages, read_image
 from rnic.evaluation.card import portable, versions
-from rnic.io import file_sha256, write_json, write_png, write_torch
+from rnic.io import equal_states, file_sha256, write_json, write_png, write_state
 from rnic.report.bd import bd_psnr, bd_rate
 
 CROP = 256
@@ -243,8 +243,7 @@ def shipped_checkpoints(run: Path) -> list[Path]:
         {k: v for k, v in read_codec_state(path)[0].items() if not k.endswith(tables)}
         for path in (best, last)
     )
-    same = shipped.keys() == final.keys() and all(torch.equal(shipped[k], final[k]) for k in shipped)
-    return [best, last] if same else [best]
+    return [best, last] if equal_states(shipped, final) else [best]
 
 
 def ship(checkpoint: Path, arch: str, quality: int) -> None:
@@ -257,7 +256,7 @@ def ship(checkpoint: Path, arch: str, quality: int) -> None:
     state, _ = read_codec_state(checkpoint)
     target = codecs.WEIGHTS_DIR / f"{arch}-mse-q{quality}.pth"
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_torch(target, state)
+    write_state(target, state)
     print(f"shipped {checkpoint} as {target}")
 
 

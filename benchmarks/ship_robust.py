@@ -26,7 +26,7 @@ from rnic.coding import compress_decompress
 from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
 from rnic.evaluation.card import portable, versions
-from rnic.io import file_sha256, write_json, write_torch
+from rnic.io import file_sha256, write_json, write_state
 
 FIGURES = (
     "psnr_clean",
@@ -172,7 +172,7 @@ def main() -> None:
     (checkpoint,) = checkpoints
     check_bitstreams(checkpoint, arch, quality, measured)
     state, _ = read_codec_state(checkpoint)
-    write_torch(target, state)
+    write_state(target, state)
     robust_card = card(args.run, args.control, target, measured, control_measured)
     write_json(target.with_suffix(".json"), portable(robust_card, args.run))  # no folder of this machine
     gains = robust_card["gain_psnr_adv"]

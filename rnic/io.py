@@ -45,6 +45,26 @@ def write_torch(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def equal_states(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and equal tensors (dtype and shape included)."""
+    import torch
+
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+def write_state(path: str | Path, state: dict) -> Path:
+    """`write_torch(path, state)`, except where `path` already holds equal weights: a shipped file is kept
+    byte for byte when its card is written again (git and the card's SHA-256 see no change)."""
+    import torch
+
+    path = Path(path)
+    if path.is_file() and equal_states(torch.load(path, map_location="cpu", weights_only=True), state):
+        return path
+    return write_torch(path, state)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Strict JSON (allow_nan=False): a NaN or infinity in `data` is a bug, not a value to write."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
