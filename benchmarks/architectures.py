@@ -269,26 +269,32 @@ def tables(rows: dict[str, dict]) -> str:
         )
     tuned = {name: row["finetuned"] for name, row in rows.items() if "finetuned" in row}
     if tuned:
-        lines += [
-            "",
-            "| architecture | threat | attacked PSNR: finetuned / control [dB] | gain per image [dB] "
-            "| VI: finetuned / control [dB] | clean PSNR [dB] / bpp: finetuned; control |",
-        ]
-        lines.append("|---|---|---|---|---|---|")
-        for name, threats in tuned.items():
-            for threat, t in sorted(threats.items()):
-                ours, theirs = t["mean"], t["control_mean"]
-                attacked = f"{ours['psnr_adv']:.2f} / {theirs['psnr_adv']:.2f}"
-                vi = f"{number(ours['vi'], '.2f')} / {number(theirs['vi'], '.2f')}"
-                clean = (
-                    f"{ours['psnr_clean']:.2f} / {ours['bpp_clean']:.3f}; "
-                    f"{theirs['psnr_clean']:.2f} / {theirs['bpp_clean']:.3f}"
-                )
-                gain = cell(t["gain_psnr_adv"])
-                lines.append(
-                    f"| {name} | {threat} (eps {t['eps']:.4g}) | {attacked} | {gain} | {vi} | {clean} |"
-                )
+        lines += ["", *finetuning_table(tuned)]
     return "\n".join(lines)
+
+
+def finetuning_table(tuned: dict[str, dict]) -> list[str]:
+    """Per architecture and robust_eval folder (<threat> on the val photos, <threat>_test on the test
+    photos): the finetuning against its control."""
+    lines = [
+        "| architecture | threat, photos | attacked PSNR: finetuned / control [dB] | gain per image [dB] "
+        "| VI: finetuned / control [dB] | clean PSNR [dB] / bpp: finetuned; control |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, threats in tuned.items():
+        for threat, t in sorted(threats.items()):
+            ours, theirs = t["mean"], t["control_mean"]
+            attacked = f"{ours['psnr_adv']:.2f} / {theirs['psnr_adv']:.2f}"
+            vi = f"{number(ours['vi'], '.2f')} / {number(theirs['vi'], '.2f')}"
+            clean = (
+                f"{ours['psnr_clean']:.2f} / {ours['bpp_clean']:.3f}; "
+                f"{theirs['psnr_clean']:.2f} / {theirs['bpp_clean']:.3f}"
+            )
+            gain = t["gain_psnr_adv"]
+            split = "test" if threat.endswith("_test") else "val"
+            label = f"{budget_label(threat.removesuffix('_test'), t['eps'])}, {split} ({gain['n']})"
+            lines.append(f"| {name} | {label} | {attacked} | {cell(gain)} | {vi} | {clean} |")
+    return lines
 
 
 def parse_rows(args) -> dict[str, str]:

@@ -40,6 +40,24 @@ def test_a_figure_the_curves_do_not_allow_reads_n_a_without_its_unit():
     assert architectures.number(-31.25, "+.1f", "%") == "-31.2%"
 
 
+def test_the_finetuning_table_names_each_evaluations_photos():
+    # robust_eval/linf attacked the 4 val photos, robust_eval/linf_test the 8 test photos: a reader must
+    # not take one for the other
+    from rnic import rd
+
+    figures = {"psnr_adv": 25.0, "psnr_clean": 28.0, "bpp_clean": 0.42, "vi": None}
+    threats = {
+        name: {"eps": 8 / 255, "mean": figures, "control_mean": figures, "gain_psnr_adv": rd.spread(gains)}
+        for name, gains in (
+            ("linf_test", [0.5, 1.0, 0.7, 0.9, 1.2, 0.3, 0.8, 1.1]),
+            ("linf", [0.2, 0.4, 0.6, 0.8]),
+        )
+    }
+    lines = architectures.finetuning_table({"hyperprior_cpu": threats})[2:]
+    assert [line.split(" | ")[1] for line in lines] == ["L-inf 8/255, val (4)", "L-inf 8/255, test (8)"]
+    assert lines[0].split(" | ")[3] == "0.50 (0.50, 0.26)" and " n/a / n/a " in lines[0]
+
+
 def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
     torch.manual_seed(0)
     rows = {}
