@@ -179,12 +179,16 @@ def finetuned(run: Path, control: Path) -> dict:
         threat: {
             "run": str(run),
             "control": str(control),
+            "threat": ours[threat]["attack"]["threat"],
+            "split": ours[threat]["split"],
+            "photos": len(ours[threat]["images"]),
             "eps": ours[threat]["eps"],
             "mean": ours[threat]["mean"],
             "control_mean": theirs[threat]["mean"],
             "gain_psnr_adv": paired_gain(ours[threat], theirs[threat]),
         }
-        for threat in ours.keys() & theirs.keys()
+        for threat in ours
+        if threat in theirs
     }
 
 
@@ -274,15 +278,15 @@ def tables(rows: dict[str, dict]) -> str:
 
 
 def finetuning_table(tuned: dict[str, dict]) -> list[str]:
-    """Per architecture and robust_eval folder (<threat> on the val photos, <threat>_test on the test
-    photos): the finetuning against its control."""
+    """Per architecture and robust evaluation (its threat, split and photos as its results record them):
+    the finetuning against its control."""
     lines = [
         "| architecture | threat, photos | attacked PSNR: finetuned / control [dB] | gain per image [dB] "
         "| VI: finetuned / control [dB] | clean PSNR [dB] / bpp: finetuned; control |",
         "|---|---|---|---|---|---|",
     ]
     for name, threats in tuned.items():
-        for threat, t in sorted(threats.items()):
+        for t in sorted(threats.values(), key=lambda t: (t["threat"], t["split"] != "val", t["split"])):
             ours, theirs = t["mean"], t["control_mean"]
             attacked = f"{ours['psnr_adv']:.2f} / {theirs['psnr_adv']:.2f}"
             vi = f"{number(ours['vi'], '.2f')} / {number(theirs['vi'], '.2f')}"
@@ -290,10 +294,8 @@ def finetuning_table(tuned: dict[str, dict]) -> list[str]:
                 f"{ours['psnr_clean']:.2f} / {ours['bpp_clean']:.3f}; "
                 f"{theirs['psnr_clean']:.2f} / {theirs['bpp_clean']:.3f}"
             )
-            gain = t["gain_psnr_adv"]
-            split = "test" if threat.endswith("_test") else "val"
-            label = f"{budget_label(threat.removesuffix('_test'), t['eps'])}, {split} ({gain['n']})"
-            lines.append(f"| {name} | {label} | {attacked} | {cell(gain)} | {vi} | {clean} |")
+            label = f"{budget_label(t['threat'], t['eps'])}, {t['split']} ({t['photos']})"
+            lines.append(f"| {name} | {label} | {attacked} | {cell(t['gain_psnr_adv'])} | {vi} | {clean} |")
     return lines
 
 

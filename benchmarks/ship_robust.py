@@ -53,6 +53,7 @@ def evaluations(run: Path) -> dict[str, dict]:
         found[results_file.parent.name] = {
             "attack": attack,
             "eps": results["key"]["eps"],
+            "split": results["key"]["split"],
             "weights": results["key"]["model"]["weights"],
             "images": [image["image"] for image in results["images"]],
             "per_image": per_image,
@@ -125,7 +126,7 @@ def card(run: Path, control: Path, target: Path, measured: dict, control_measure
             "evaluations": {t: {"eps": e["eps"], "mean": e["mean"]} for t, e in control_measured.items()},
         },
         "gain_psnr_adv": {
-            t: paired_gain(measured[t], control_measured[t]) for t in measured.keys() & control_measured
+            t: paired_gain(measured[t], control_measured[t]) for t in measured if t in control_measured
         },
     }
 
@@ -138,7 +139,7 @@ def paired_gain(ours: dict, control: dict) -> dict | None:
 
 
 def check_bitstreams(checkpoint: str, arch: str, quality: int, measured: dict[str, dict]) -> None:
-    """The weights code the val photos to the bitstreams the run's evaluation measured."""
+    """The weights code the val (and test) photos to the bitstreams the run's evaluations measured."""
     codec = load_weights(build_codec(arch, quality=quality), checkpoint).eval()
     codec.update(force=True)
     splits = SampleImages().splits()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnic import rd
 from rnic.codecs import build_codec
 from tests.conftest import ROOT
 
@@ -40,22 +41,27 @@ def test_a_figure_the_curves_do_not_allow_reads_n_a_without_its_unit():
     assert architectures.number(-31.25, "+.1f", "%") == "-31.2%"
 
 
-def test_the_finetuning_table_names_each_evaluations_photos():
-    # robust_eval/linf attacked the 4 val photos, robust_eval/linf_test the 8 test photos: a reader must
-    # not take one for the other
-    from rnic import rd
-
+def test_the_finetuning_table_names_each_evaluations_threat_and_photos():
+    # The label comes from what each evaluation recorded (its threat, split and photos), not from its
+    # folder's name: a val and a test evaluation, and one whose run and control share no photo (no gain).
     figures = {"psnr_adv": 25.0, "psnr_clean": 28.0, "bpp_clean": 0.42, "vi": None}
+
+    def evaluation(threat, split, eps, gains):
+        return {
+            "threat": threat, "split": split, "photos": len(gains) or 4, "eps": eps, "mean": figures,
+            "control_mean": figures, "gain_psnr_adv": rd.spread(gains),
+        }  # fmt: skip
+
     threats = {
-        name: {"eps": 8 / 255, "mean": figures, "control_mean": figures, "gain_psnr_adv": rd.spread(gains)}
-        for name, gains in (
-            ("linf_test", [0.5, 1.0, 0.7, 0.9, 1.2, 0.3, 0.8, 1.1]),
-            ("linf", [0.2, 0.4, 0.6, 0.8]),
-        )
+        "linf_test": evaluation("linf", "test", 8 / 255, [0.5, 1.0, 0.7, 0.9, 1.2, 0.3, 0.8, 1.1]),
+        "linf": evaluation("linf", "val", 8 / 255, [0.2, 0.4, 0.6, 0.8]),
+        "start_mse": evaluation("mse", "val", 1e-4, []),
     }
     lines = architectures.finetuning_table({"hyperprior_cpu": threats})[2:]
-    assert [line.split(" | ")[1] for line in lines] == ["L-inf 8/255, val (4)", "L-inf 8/255, test (8)"]
+    labels = [line.split(" | ")[1] for line in lines]
+    assert labels == ["L-inf 8/255, val (4)", "L-inf 8/255, test (8)", "MSE 0.0001, val (4)"]
     assert lines[0].split(" | ")[3] == "0.50 (0.50, 0.26)" and " n/a / n/a " in lines[0]
+    assert lines[2].split(" | ")[3] == "n/a"
 
 
 def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
