@@ -1,4 +1,5 @@
-"""Files written so that a crash never leaves a half-written one over a good one."""
+"""Files written so that a crash never leaves a half-written one over a good one, and weights files whose
+bytes change only when the weights do."""
 
 from __future__ import annotations
 
@@ -45,22 +46,34 @@ def write_torch(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def equal_states(a: dict, b: dict) -> bool:
-    """Two state dicts with the same keys and equal tensors (dtype and shape included)."""
+def equal_states(a: Any, b: Any) -> bool:
+    """Two state dicts of CPU tensors with the same keys and equal tensors (dtype and shape included);
+    False for anything else."""
     import torch
 
-    return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    if not (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()):
+        return False
+    return all(
+        isinstance(a[k], torch.Tensor)
+        and isinstance(b[k], torch.Tensor)
+        and (a[k].dtype, a[k].shape, a[k].device) == (b[k].dtype, b[k].shape, b[k].device)
+        and torch.equal(a[k], b[k])
+        for k in a
     )
 
 
 def write_state(path: str | Path, state: dict) -> Path:
     """`write_torch(path, state)`, except where `path` already holds equal weights: a shipped file is kept
-    byte for byte when its card is written again (git and the card's SHA-256 see no change)."""
+    byte for byte when its card is written again (git and the card's SHA-256 see no change). A file that
+    cannot be read as weights is replaced."""
     import torch
 
     path = Path(path)
-    if path.is_file() and equal_states(torch.load(path, map_location="cpu", weights_only=True), state):
+    try:
+        existing = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    except Exception:  # truncated, foreign or refused by weights_only: not the same weights
+        existing = None
+    if equal_states(existing, state):
         return path
     return write_torch(path, state)
 

@@ -18,10 +18,9 @@ import torch
 from torchvision.transforms import v2
 
 from rnic import rd
-from rnic.codecs import build_codec
 from rnic.coding import compress_decompress
 from rnic.defenses.dihedral import dihedral, inverse_dihedral
-from rnic.io import file_sha256, write_state, write_torch
+from rnic.io import file_sha256
 from tests.conftest import ROOT, TINY, attack_cfg, compose_config
 
 ATTACK = ["model=bmshj2018_hyperprior", "model.N=32", "model.M=48", "data.val_crop=192"]
@@ -296,28 +295,3 @@ def test_self_ensemble_figures_are_those_of_the_branch_it_sends(tmp_path, traine
         assert record["psnr_clean"] == pytest.approx(psnr, abs=1e-4)
         assert record["bpp_clean"] == pytest.approx(bpp + 8 / 192**2, rel=1e-9)
         assert record["psnr_clean"] >= record["psnr_clean_undefended"] - 1e-4
-
-
-def test_equal_weights_are_written_as_equal_files(tmp_path):
-    # Shipped weights are re-written whenever their card is (benchmarks/ship_robust.py, codecs_rd.py
-    # --ship): equal weights must give the same bytes, or git and the card's SHA-256 see a change that
-    # is not one. torch.save into a file names the archive's folder after that (temporary) file.
-    state = build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict()
-    first, second = write_torch(tmp_path / "a.pth", state), write_torch(tmp_path / "b.pth", state)
-    assert first.read_bytes() == second.read_bytes()
-    loaded = torch.load(second, weights_only=True)
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def test_a_shipped_file_of_equal_weights_is_kept_byte_for_byte(tmp_path):
-    # A card written again (new evaluations) re-ships its weights: a file that holds them already, however
-    # it was saved, is left as it is; other weights replace it.
-    state = build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict()
-    path = tmp_path / "shipped.pth"
-    torch.save(state, path)  # as an older tool saved it: other bytes than write_torch's
-    before = path.read_bytes()
-    write_state(path, {k: v.clone() for k, v in state.items()})
-    assert path.read_bytes() == before
-    changed = {**state, "g_a.0.bias": state["g_a.0.bias"] + 1}
-    write_state(path, changed)
-    assert torch.equal(torch.load(path, weights_only=True)["g_a.0.bias"], changed["g_a.0.bias"])

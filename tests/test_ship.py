@@ -17,6 +17,7 @@ from rnic import codecs
 from rnic.codecs import SHIPPED, build_codec, rd_lambda, shipped_architecture, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import build, codec_from_config, file_sha256
+from rnic.io import equal_states, write_state, write_torch
 from rnic.training import train
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -53,7 +54,7 @@ def test_elic_pretrained_loads_the_shipped_cpu_elic_at_its_lambda(tmp_path, weig
     codec = codec_from_config(cfg)
     assert (type(codec).__name__, codec.groups) == ("Elic2022Official", [8, 8, 16, 32, 32])
     loaded = codec.state_dict()
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert equal_states(loaded, state)
     path = weights_dir / "elic_cpu-mse-q2.pth"
     assert (cfg.model.pretrained_file, cfg.model.pretrained_sha256) == (str(path), file_sha256(path))
     if entry == "train":
@@ -93,7 +94,7 @@ def test_the_cpu_tcm_loads_its_shipped_weights_at_its_settings(tmp_path, weights
     )
     codec = codec_from_config(cfg)
     loaded = codec.state_dict()
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert equal_states(loaded, state)
     assert (codec.N, codec.M) == (32, 160) and sum(p.numel() for p in codec.parameters()) == 7_196_085
     if entry == "train":
         assert build(cfg.module, codec=codec).lmbda == 0.018
@@ -237,3 +238,34 @@ def test_ship_robust_writes_nothing_unless_the_control_is_complete(tmp_path, wei
     path = weights_dir / "hyperprior_tiny-mse-q2-mix.pth"
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(path) and set(card["evaluations"]) == {"linf"}
+
+
+def test_equal_weights_are_written_as_equal_files(tmp_path):
+    # Shipped weights are re-written whenever their card is (benchmarks/ship_robust.py, codecs_rd.py
+    # --ship): equal weights must give the same bytes, or git and the card's SHA-256 see a change that
+    # is not one. torch.save into a file names the archive's folder after that (temporary) file.
+    state = build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict()
+    first, second = write_torch(tmp_path / "a.pth", state), write_torch(tmp_path / "b.pth", state)
+    assert first.read_bytes() == second.read_bytes()
+    loaded = torch.load(second, weights_only=True)
+    assert equal_states(loaded, state)
+
+
+def test_a_shipped_file_of_equal_weights_is_kept_byte_for_byte(tmp_path):
+    # A card written again (new evaluations) re-ships its weights: a file that holds them already, however
+    # it was saved, is left as it is; other weights replace it.
+    state = build_codec("bmshj2018_hyperprior", N=16, M=24).state_dict()
+    path = tmp_path / "shipped.pth"
+    torch.save(state, path)  # as an older tool saved it: other bytes than write_torch's
+    before = path.read_bytes()
+    write_state(path, {k: v.clone() for k, v in state.items()})
+    assert path.read_bytes() == before
+    for changed in (
+        {**state, "g_a.0.bias": state["g_a.0.bias"] + 1},  # other values
+        {**state, "g_a.0.bias": state["g_a.0.bias"].double()},  # equal values, another dtype
+    ):
+        write_state(path, changed)
+        assert equal_states(torch.load(path, weights_only=True), changed)
+    path.write_bytes(b"truncated")  # a file that is not weights is replaced, not an error
+    write_state(path, state)
+    assert equal_states(torch.load(path, weights_only=True), state)

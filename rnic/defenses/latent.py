@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from rnic import rd
 from rnic.defenses.inner import CodecDefense
-from rnic.io import file_sha256
+from rnic.io import file_sha256, write_torch
 
 # Where a checkpoint keeps latent_clamp's measured ranges (rnic checkpoints) or a ranges file keeps them.
 RANGES_KEY = "latent_ranges"
@@ -133,8 +133,6 @@ def measure_latent_ranges(codec: nn.Module, images) -> dict:
 
 def save_latent_ranges(path: str | Path, ranges: dict) -> Path:
     """Store `ranges` (with the `weights_sha256` they were measured on) as a ranges file of its own."""
-    from rnic.io import write_torch
-
     return write_torch(path, {RANGES_KEY: ranges})
 
 
