@@ -8,19 +8,18 @@ import sys
 import torch
 
 from rnic.codecs import build_codec, load_weights
+from rnic.io import equal_states
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import worst_case  # noqa: E402  (a script beside the tests' package, as benchmarks import each other)
 
 
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-
-
 def test_a_codec_named_by_overrides_has_the_shipped_weights(tmp_path):
     codec = worst_case.load("model=bmshj2018_hyperprior_cpu model.quality=1", tmp_path)
-    assert same_weights(codec, build_codec("bmshj2018_hyperprior_cpu", quality=1, pretrained=True))
+    assert equal_states(
+        codec.state_dict(), build_codec("bmshj2018_hyperprior_cpu", quality=1, pretrained=True).state_dict()
+    )
     assert not any(tmp_path.rglob("*.ckpt"))  # shipped weights: nothing trained
 
 
@@ -29,4 +28,4 @@ def test_a_codec_named_without_weights_is_trained_first(tmp_path):
     (checkpoint,) = tmp_path.rglob("last.ckpt")
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
     trained = load_weights(build_codec("bmshj2018_hyperprior", N=8, M=8), checkpoint)
-    assert same_weights(codec, trained)
+    assert equal_states(codec.state_dict(), trained.state_dict())
