@@ -47,8 +47,8 @@ def write_torch(path: str | Path, obj: Any) -> Path:
 
 
 def equal_states(a: Any, b: Any) -> bool:
-    """Two state dicts of CPU tensors with the same keys and equal tensors (dtype and shape included);
-    False for anything else."""
+    """Two state dicts with the same keys and equal tensors (dtype, shape and device included); False for
+    anything else."""
     import torch
 
     if not (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()):
