@@ -26,8 +26,8 @@ Quick look (one photo, 64 px, 2% of every attack's steps and queries):
     python benchmarks/architectures.py --images 1 --crop 64 --scale 0.02 --out /tmp/architectures_quick
 
 Another architecture with weights: --row NAME="OVERRIDES" (attack.py overrides; {quality} is replaced by
-each rate point), e.g. --row mbt_cpu="model=mbt2018_mean model.N=64 model.M=96
-model.weights=runs/mbt/q{quality}/checkpoints/best.ckpt". --rows picks among the shipped rows.
+each rate point), e.g. --row checkerboard_cpu="model=cheng2020_checkerboard model.N=64
+model.weights=runs/checkerboard/q{quality}/checkpoints/best.ckpt". --rows picks among the shipped rows.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from rnic.report.bd import bd_or_none
 # The shipped architectures: attack.py overrides of each row ({quality}: each rate point).
 ROWS = {
     "hyperprior_cpu": "model=bmshj2018_hyperprior_cpu model.quality={quality}",
+    "mbt2018_mean_cpu": "model=mbt2018_mean_cpu model.quality={quality}",
     "elic_cpu": "model=elic_cpu model.quality={quality}",
     "tcm_cpu": "model=tcm_cpu model.quality={quality}",
 }

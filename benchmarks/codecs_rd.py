@@ -7,8 +7,8 @@ rate is within that image's learned rate (per image, so that rate allocation acr
 decide). Prints per-point means, the gains, and BD-PSNR / BD-rate over the rate points; writes
 rate_distortion.png and codecs_rd.json.
 
-    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|elic_cpu|tcm_cpu] [--out DIR]
-        [--ship RUN ...] [--weights-dir DIR] [--split val|test]
+    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|mbt2018_mean_cpu|elic_cpu|tcm_cpu]
+        [--out DIR] [--ship RUN ...] [--weights-dir DIR] [--split val|test]
 
 --ship: first write the shipped weights (rnic/weights/<arch>-mse-q<quality>.pth, the codec's state dict) from
 the best checkpoint of each training run folder (its quality: the rate point whose lambda the run trained

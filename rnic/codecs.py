@@ -47,6 +47,11 @@ SHIPPED = {
         "widths": (64, 96),
         "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
     },
+    "mbt2018_mean_cpu": {
+        "zoo": "mbt2018-mean",
+        "widths": (64, 96),
+        "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
+    },
     "elic_cpu": {
         "family": "elic",
         "widths": (64, 96),

@@ -25,9 +25,10 @@ def test_classical_model_options_build_their_coder(tmp_path, model):
 
 
 # The classes CompressAI codecs outside its zoo's ladder build, and their default lambdas (ELIC's own
-# ladder at quality 3; a variable-rate codec's rate 8).
+# ladder at quality 3; a variable-rate codec's rate 8); and the shipped CPU mbt2018-mean's (quality 2).
 FAMILY_CLASSES = {
     "elic": ("Elic2022Official", 0.0016),
+    "mbt2018_mean_cpu": ("MeanScaleHyperprior", 0.0067),
     "cheng2020_checkerboard": ("Cheng2020AnchorCheckerboard", 0.0067),
     "bmshj2018_hyperprior_vbr": ("ScaleHyperpriorVbrAtRate", 0.18),
     "mbt2018_mean_vbr": ("MeanScaleHyperpriorVbrAtRate", 0.18),
