@@ -78,13 +78,15 @@ def test_the_authors_weights_give_their_outputs_and_bitstreams(authors_codec, re
     assert_close(codec.g_a(x), expected["y"], "y")
     assert_close(out["likelihoods"]["y"], expected["y_likelihoods"], "y likelihoods")
     assert_close(out["likelihoods"]["z"], expected["z_likelihoods"], "z likelihoods")
-    assert_close(out["x_hat"], expected["x_hat"], "x_hat")
+    # The decoder's output sums through every synthesis layer: CPUs whose kernels differ (AVX2, AVX-512) move
+    # it by about 2e-5 (measured); a wrong layer or attention moves it by orders of magnitude more.
+    assert_close(out["x_hat"], expected["x_hat"], "x_hat", tolerance=1e-4)
 
     encoded = codec.compress(x)
     assert encoded["strings"] == expected["strings"]  # byte for byte: same symbols, order and tables
     assert tuple(encoded["shape"]) == expected["shape"]
     decoded = codec.decompress(expected["strings"], expected["shape"])
-    assert_close(decoded["x_hat"], expected["decoded_x_hat"], "decoded x_hat")
+    assert_close(decoded["x_hat"], expected["decoded_x_hat"], "decoded x_hat", tolerance=1e-4)
 
 
 @torch.no_grad()
