@@ -12,6 +12,7 @@ mbt2018 and cheng2020, whose forward rounds y without its predicted mean.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -50,11 +51,22 @@ class VariableRate:
     `s = r - 1`). After changing `rate`, call `update(force=True)` before coding: with the variable
     bottleneck (`vr_entbttlnck`, as CompressAI's released weights have) z's quantisation step, and so its
     tables, depend on the rate. `aux_loss` counts the variable bottleneck's quantiles too.
+
+    `gains` replaces CompressAI's eight gains (0.1 ... 1.0) by others, one rate each: a codec trained at
+    other lambdas (rnic's CPU one at the shipped three). CompressAI's forward detaches the gains, so they
+    stay as given.
     """
 
-    def __init__(self, N: int, M: int, rate: int = 8, vr_entbttlnck: bool = True):
+    def __init__(self, N: int, M: int, rate: int = 8, vr_entbttlnck: bool = True, gains=None):
         # mbt2018-vbr's constructor fixes vr_entbttlnck=False itself and takes no such argument.
         super().__init__(N, M, **({"vr_entbttlnck": True} if vr_entbttlnck else {}))
+        if gains is not None:
+            gains = [float(g) for g in gains]
+            if not gains or min(gains) <= 0 or gains != sorted(gains):
+                raise ValueError(f"model.gains={gains} must be positive and increasing (low to high rate)")
+            self.Gain = nn.Parameter(torch.tensor(gains))
+            self.levels = len(gains)
+            self.lmbda = None  # CompressAI's training ladder belongs to its own gains
         self.rate = rate
 
     @property
@@ -134,8 +146,38 @@ def build_checkerboard(N: int) -> nn.Module:
     return Cheng2020AnchorCheckerboard(N)
 
 
-def build_vbr(cls: type, N: int, M: int, rate: int = 8, variable_bottleneck: bool = True) -> nn.Module:
-    return cls(N, M, rate=rate, vr_entbttlnck=bool(variable_bottleneck))
+def build_vbr(
+    cls: type, N: int, M: int, rate: int = 8, variable_bottleneck: bool = True, gains=None
+) -> nn.Module:
+    return cls(N, M, rate=rate, vr_entbttlnck=bool(variable_bottleneck), gains=gains)
+
+
+# The fixed-rate bottleneck's parameter names and the variable one's (same shapes).
+_FIXED_BOTTLENECK_KEY = re.compile(r"^entropy_bottleneck\.(matrices|biases|factors)\.(\d+)$")
+_VARIABLE_BOTTLENECK_NAME = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
+
+
+def from_fixed_rate(codec: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """A fixed-rate state dict of a variable-rate codec's own architecture (mbt2018-mean's for
+    mbt2018-mean-vbr) as a full state dict of `codec`: Kamisli et al. train the fixed-rate codec first and
+    then the variable-rate modules on top of it. The gains, the quantisation offsets' and z's step networks
+    keep `codec`'s initial values; the bottleneck's parameters take the variable bottleneck's names.
+    None where `state` is not such a state dict (it holds variable-rate modules, or is not one of `codec`'s
+    architecture)."""
+    if not is_variable_rate(codec) or "Gain" in state:
+        return None
+    renamed = {}
+    for key, value in state.items():
+        match = _FIXED_BOTTLENECK_KEY.match(key)
+        if match and codec.vr_entbttlnck:
+            key = f"entropy_bottleneck.{_VARIABLE_BOTTLENECK_NAME[match[1]]}{match[2]}"
+        renamed[key] = value
+    own = codec.state_dict()
+    variable_rate_only = ("Gain", "QuantABCD.", "gayn2zqstep.", "lower_bound_zqstep.")
+    missing = [k for k in own if k not in renamed and not k.startswith(variable_rate_only)]
+    if missing or any(k not in own for k in renamed):
+        return None
+    return {**{k: v for k, v in own.items() if k.startswith(variable_rate_only)}, **renamed}
 
 
 def build_mbt2018_vbr(N: int, M: int, rate: int = 8) -> nn.Module:
@@ -180,14 +222,14 @@ FAMILIES = {
         partial(build_vbr, ScaleHyperpriorVbrAtRate),
         image_vbr.cfgs["bmshj2018-hyperprior-vbr"],
         8,
-        options=("rate", "variable_bottleneck"),
+        options=("rate", "variable_bottleneck", "gains"),
         zoo="bmshj2018-hyperprior-vbr",
     ),
     "mbt2018_mean_vbr": Family(
         partial(build_vbr, MeanScaleHyperpriorVbrAtRate),
         image_vbr.cfgs["mbt2018-mean-vbr"],
         8,
-        options=("rate", "variable_bottleneck"),
+        options=("rate", "variable_bottleneck", "gains"),
         zoo="mbt2018-mean-vbr",
     ),
     "mbt2018_vbr": Family(

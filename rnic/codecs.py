@@ -14,7 +14,7 @@ from compressai.zoo import image as zoo_image
 from compressai.zoo.pretrained import load_pretrained
 from torch import nn
 
-from rnic.codec_families import FAMILIES, zoo_url
+from rnic.codec_families import FAMILIES, from_fixed_rate, zoo_url
 
 # The entropy coder's modules (variable-rate ones are not EntropyModels), whose tables change size.
 ENTROPY_MODELS = (EntropyModel, EntropyModelVbr)
@@ -40,7 +40,8 @@ ARCHITECTURES = {
 
 # Codecs that rnic trains on a CPU and ships inside the package (`rnic/weights/`), by config name: the
 # zoo architecture or codec family (`rnic.codec_families`) they use, their widths (N, M), a family's own
-# settings, and their lambda per quality (low, middle, high rate).
+# settings, and their lambda per quality (low, middle, high rate). A variable-rate family's quality is its
+# rate, and one weights file holds every rate.
 SHIPPED = {
     "bmshj2018_hyperprior_cpu": {
         "zoo": "bmshj2018-hyperprior",
@@ -50,6 +51,14 @@ SHIPPED = {
     "mbt2018_mean_cpu": {
         "zoo": "mbt2018-mean",
         "widths": (64, 96),
+        "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
+    },
+    "mbt2018_mean_vbr_cpu": {
+        "family": "mbt2018_mean_vbr",
+        "widths": (64, 96),
+        # Gains (1 / y's quantisation step) in the ratio sqrt(lambda), as CompressAI's ladder has; the
+        # middle rate's step is 1, that of the fixed-rate codec the training starts from.
+        "options": {"variable_bottleneck": True, "gains": (0.611, 1.0, 1.639)},
         "lambdas": {"mse": (0.0025, 0.0067, 0.018)},
     },
     "elic_cpu": {
@@ -81,11 +90,19 @@ SHIPPED = {
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
+def is_variable_rate_shipped(arch: str) -> bool:
+    """Whether one weights file of the shipped codec `arch` holds every rate."""
+    family = FAMILIES.get(SHIPPED[arch].get("family"))
+    return family is not None and "rate" in family.options
+
+
 def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
-    """The shipped weights file of a CPU codec (`SHIPPED`): the clean codec's, or with `robust` the one
-    finetuned robustly by that training method; refused in one line if there is none."""
+    """The shipped weights file of a CPU codec (`SHIPPED`) that codes at `quality`: the clean codec's, or
+    with `robust` the one finetuned robustly by that training method; refused in one line if there is
+    none. A variable-rate codec's file holds all its rates (no quality in its name)."""
     spec = SHIPPED[arch]
-    path = WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}{f'-{robust}' if robust else ''}.pth"
+    rate = "" if is_variable_rate_shipped(arch) else f"-q{int(quality)}"
+    path = WEIGHTS_DIR / f"{arch}-{metric}{rate}{f'-{robust}' if robust else ''}.pth"
     if metric not in spec["lambdas"] or not path.is_file():
         shipped = sorted(p.name for p in WEIGHTS_DIR.glob(f"{arch}-*.pth"))
         robust_key = f" model.robust={robust}" if robust else ""
@@ -94,6 +111,12 @@ def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = N
             f"weights (shipped: {', '.join(shipped) or 'none'})"
         )
     return path
+
+
+def shipped_card(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
+    """The card of a shipped rate point: beside its weights file, one per quality (a variable-rate codec's
+    rates share one weights file and have a card each)."""
+    return WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}{f'-{robust}' if robust else ''}.json"
 
 
 def shipped_architecture(arch: str) -> dict:
@@ -234,11 +257,19 @@ def build_shipped(
     ones), with the shipped weights of `quality` if `pretrained`."""
     spec = SHIPPED[arch]
     shipped_options = spec.get("options", {})
-    unknown = sorted(set(options or {}) - set(shipped_options))
+    options = dict(options or {})
+    if is_variable_rate_shipped(arch):  # its quality is its rate
+        rate = options.pop("rate", quality)
+        if rate != quality:
+            raise ValueError(
+                f"model.quality={quality} differs from model.rate={rate}: model={arch} codes at model.rate "
+                "(its quality); set model.rate only"
+            )
+    unknown = sorted(set(options) - set(shipped_options))
     if unknown:
         raise ValueError(f"model.{unknown[0]} is not a setting of model={arch}")
     settings = {
-        key: (shipped if (options or {}).get(key) is None else options[key])
+        key: (shipped if options.get(key) is None else options[key])
         for key, shipped in shipped_options.items()
     }
     if robust and not pretrained:
@@ -260,7 +291,9 @@ def build_shipped(
                 f"model.{key}={_plain(settings[key])} cannot be combined with model.pretrained=true: "
                 f"{arch} was trained with model.{key}={_plain(shipped)}"
             )
-    if "family" in spec:
+    if is_variable_rate_shipped(arch):
+        codec = FAMILIES[spec["family"]].make(*widths, rate=int(quality), **settings)
+    elif "family" in spec:
         codec = FAMILIES[spec["family"]].make(*widths, **settings)
     else:
         codec = zoo_image.model_architectures[spec["zoo"]](*widths)
@@ -381,8 +414,13 @@ def load_codec_state(codec: nn.Module, state: dict[str, torch.Tensor], strict: b
 
 
 def load_weights(codec: nn.Module, path: str | Path) -> nn.Module:
-    """Load local weights into `codec`, resizing the entropy coder's buffers to match."""
+    """Load local weights into `codec`, resizing the entropy coder's buffers to match. A variable-rate
+    codec also takes the weights of its fixed-rate architecture (`rnic.codec_families.from_fixed_rate`:
+    its variable-rate modules keep their initial values)."""
     state, codec_class = read_codec_state(path)
+    variable_rate_state = from_fixed_rate(codec, state)
+    if variable_rate_state is not None:
+        state, codec_class = variable_rate_state, None
     if codec_class is not None and codec_class != type(codec).__name__:
         raise ValueError(
             f"model.weights={str(path)!r} holds a {codec_class} but model= builds a {type(codec).__name__}"
