@@ -7,8 +7,8 @@ rate is within that image's learned rate (per image, so that rate allocation acr
 decide). Prints per-point means, the gains, and BD-PSNR / BD-rate over the rate points; writes
 rate_distortion.png and codecs_rd.json.
 
-    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|mbt2018_mean_cpu|elic_cpu|tcm_cpu]
-        [--out DIR] [--ship RUN ...] [--weights-dir DIR] [--split val|test]
+    python benchmarks/codecs_rd.py [--arch bmshj2018_hyperprior_cpu|mbt2018_mean_cpu|mbt2018_mean_vbr_cpu|
+        elic_cpu|tcm_cpu] [--out DIR] [--ship RUN ...] [--weights-dir DIR] [--split val|test]
 
 --ship: first write the shipped weights (rnic/weights/<arch>-mse-q<quality>.pth, the codec's state dict) from
 the best checkpoint of each training run folder (its quality: the rate point whose lambda the run trained
@@ -16,10 +16,13 @@ with; the checkpoint must load into --arch at its shipped widths), then, after t
 card (<file>.json beside it): architecture, widths, lambda, data, steps, wall time, command, the val
 learning curve, clean RD and the classical figures at the same rate, SHA-256. The other
 rate points keep their weights and cards. learning_curves.png is drawn from the cards that hold a curve.
+A variable-rate codec's run trained every rate: it ships as one file (rnic/weights/<arch>-mse.pth) with a
+card per rate; the learning curve is in the card of the rate it validated at (model.rate).
 --weights-dir: read and write the shipped files there instead of rnic/weights/ (a dry run of --ship).
 --split test: the 8 test photos instead of the val ones (no setting was chosen on them; no cards written).
 
     python benchmarks/codecs_rd.py --arch elic_cpu --ship RUN_Q1 RUN_Q2 RUN_Q3
+    python benchmarks/codecs_rd.py --arch mbt2018_mean_vbr_cpu --ship RUN
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ from rnic.classical import LABELS, REFERENCES, matched_reference
 from rnic.codecs import (
     SHIPPED,
     build_codec,
+    is_variable_rate_shipped,
     load_weights,
     qualities,
     rd_lambda,
     read_codec_state,
     shipped_architecture,
+    shipped_card,
+    shipped_path,
     shipped_weights,
 )
 from rnic.coding import compress_decompress
@@ -147,9 +153,16 @@ def figure(points: list[dict], names: list[str], arch: str, split: str = "val") 
     return fig
 
 
-def run_quality(run: Path, arch: str) -> int:
-    """The rate point of `arch` a training run trained: the one whose lambda it trained with."""
+def run_qualities(run: Path, arch: str) -> list[int]:
+    """The rate points of `arch` a training run trained: the one whose lambda it trained with, or every
+    rate of a variable-rate codec."""
     config = OmegaConf.load(run / "config.yaml")
+    if is_variable_rate_shipped(arch):
+        if config.model.codec.arch != arch:
+            raise SystemExit(
+                f"error: {run} trained model={config.model.codec.arch}, not the variable-rate {arch}"
+            )
+        return list(qualities(arch))
     lmbda = config.module.lmbda
     if lmbda is None:  # the lambda of the run's own quality
         lmbda = rd_lambda("mse", config.model.quality, config.module.get("arch"))
@@ -158,7 +171,7 @@ def run_quality(run: Path, arch: str) -> int:
         raise SystemExit(
             f"error: {run} trained with lambda {lmbda}, no rate point of {arch} (lambdas {list(table)})"
         )
-    return table.index(lmbda) + 1
+    return [table.index(lmbda) + 1]
 
 
 def val_curve(run: Path) -> dict[str, list[float]]:
@@ -189,12 +202,14 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str],
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
     quality = point["quality"]
     path = shipped_weights(arch, "mse", quality)
+    # A variable-rate run validated at one rate (model.rate): the curve is that rate's.
+    validated = not is_variable_rate_shipped(arch) or int(config.model.rate) == quality
     return {
         "file": path.name,
         "sha256": file_sha256(path),
         **shipped_architecture(arch),
         "quality": quality,
-        "lmbda": final.get("lmbda") or config.module.lmbda,
+        "lmbda": rd_lambda("mse", quality, arch),
         "metric": "mse",
         "data": training_data(config),
         "data_licences": SampleImages.licences(bool(config.data.source.get("extra_train"))),
@@ -205,7 +220,7 @@ def card(point: dict, run: Path, names: list[str], shipped_from: dict[str, str],
         "command": "python train.py " + " ".join(overrides),
         "started_from": started_from(config.model.get("weights"), shipped_from),
         "val_photos": names,
-        "learning_curve": val_curve(run),
+        **({"learning_curve": val_curve(run)} if validated else {}),
         "clean": {k: point[k] for k in ("learned", *REFERENCES)},
         "means": {
             k: {"psnr": mean(point[k]["psnr"]), "bpp": mean(point[k]["bpp"])}
@@ -254,7 +269,7 @@ def ship(checkpoint: Path, arch: str, quality: int) -> None:
     except ValueError as err:
         raise SystemExit(f"error: {checkpoint} is not a checkpoint of {arch}: {err}") from None
     state, _ = read_codec_state(checkpoint)
-    target = codecs.WEIGHTS_DIR / f"{arch}-mse-q{quality}.pth"
+    target = shipped_path(arch, "mse", quality)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_state(target, state)
     print(f"shipped {checkpoint} as {target}")
@@ -277,16 +292,19 @@ def main() -> None:
     arch = args.arch
     if args.weights_dir is not None:
         codecs.WEIGHTS_DIR = args.weights_dir.resolve()
-    runs = {run_quality(run, arch): run for run in args.ship}
+    runs = {quality: run for run in args.ship for quality in run_qualities(run, arch)}
     # Where a run started from another run that ships in the same call, its card names the shipped file.
     # A run's quality q names its file, whether or not that exists yet.
     shipped_from = {
-        str(path.resolve()): f"{arch}-mse-q{q}.pth"
+        str(path.resolve()): shipped_path(arch, "mse", q).name
         for q, run in runs.items()
         for path in shipped_checkpoints(run)
     }
+    written = set()
     for quality, run in runs.items():
-        ship(run / "checkpoints" / "best.ckpt", arch, quality)
+        if (target := shipped_path(arch, "mse", quality)) not in written:  # a variable-rate one: one file
+            ship(run / "checkpoints" / "best.ckpt", arch, quality)
+            written.add(target)
     names, x = sample_photos(args.split)
     points = shipped_points(arch, x)
     print(f"{arch} on the sample {args.split} photos ({CROP}x{CROP}), real bitstreams;")
@@ -314,13 +332,13 @@ def main() -> None:
     print(f"outputs in {args.out}")
     by_quality = {p["quality"]: p for p in points}
     for quality, run in runs.items():
-        path = shipped_weights(arch, "mse", quality).with_suffix(".json")
+        path = shipped_card(arch, "mse", quality)
         write_json(path, portable(card(by_quality[quality], run, names, shipped_from, arch), run))
         print(f"card: {path}")
     cards = {
         q: json.loads(path.read_text())
         for q in by_quality
-        if (path := shipped_weights(arch, "mse", q).with_suffix(".json")).is_file()
+        if (path := shipped_card(arch, "mse", q)).is_file()
     }
     write_png(args.out / "learning_curves.png", learning_curves(cards, arch), dpi=90)
 

@@ -21,7 +21,15 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
-from rnic.codecs import build_codec, load_weights, read_codec_state, shipped_architecture, shipped_weights
+from rnic.codecs import (
+    build_codec,
+    load_weights,
+    read_codec_state,
+    shipped_architecture,
+    shipped_card,
+    shipped_path,
+    shipped_weights,
+)
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
@@ -164,7 +172,7 @@ def main() -> None:
     config = OmegaConf.load(args.run / "config.yaml")
     arch, quality = config.model.codec.arch, int(config.model.quality)
     method = json.loads((args.run / "final_metrics.json").read_text())["method"]
-    target = shipped_weights(arch, "mse", quality).with_name(f"{arch}-mse-q{quality}-{method}.pth")
+    target = shipped_path(arch, "mse", quality, method)
     measured, control_measured = evaluations(args.run), evaluations(args.control)
     check_control(args.run, args.control, measured, control_measured)  # before any file is written
     checkpoints = {e["weights"] for e in measured.values()}
@@ -175,7 +183,8 @@ def main() -> None:
     state, _ = read_codec_state(checkpoint)
     write_state(target, state)
     robust_card = card(args.run, args.control, target, measured, control_measured)
-    write_json(target.with_suffix(".json"), portable(robust_card, args.run))  # no folder of this machine
+    # no folder of this machine
+    write_json(shipped_card(arch, "mse", quality, method), portable(robust_card, args.run))
     gains = robust_card["gain_psnr_adv"]
     for threat, evaluation in robust_card["evaluations"].items():
         e, c = evaluation["mean"], robust_card["control"]["evaluations"][threat]["mean"]

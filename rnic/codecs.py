@@ -96,14 +96,18 @@ def is_variable_rate_shipped(arch: str) -> bool:
     return family is not None and "rate" in family.options
 
 
+def shipped_path(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
+    """Where the shipped weights that code `arch` at `quality` are, or would be written."""
+    rate = "" if is_variable_rate_shipped(arch) else f"-q{int(quality)}"
+    return WEIGHTS_DIR / f"{arch}-{metric}{rate}{f'-{robust}' if robust else ''}.pth"
+
+
 def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
     """The shipped weights file of a CPU codec (`SHIPPED`) that codes at `quality`: the clean codec's, or
     with `robust` the one finetuned robustly by that training method; refused in one line if there is
     none. A variable-rate codec's file holds all its rates (no quality in its name)."""
-    spec = SHIPPED[arch]
-    rate = "" if is_variable_rate_shipped(arch) else f"-q{int(quality)}"
-    path = WEIGHTS_DIR / f"{arch}-{metric}{rate}{f'-{robust}' if robust else ''}.pth"
-    if metric not in spec["lambdas"] or not path.is_file():
+    path = shipped_path(arch, metric, quality, robust)
+    if metric not in SHIPPED[arch]["lambdas"] or not path.is_file():
         shipped = sorted(p.name for p in WEIGHTS_DIR.glob(f"{arch}-*.pth"))
         robust_key = f" model.robust={robust}" if robust else ""
         raise FileNotFoundError(

@@ -29,6 +29,7 @@ def test_classical_model_options_build_their_coder(tmp_path, model):
 FAMILY_CLASSES = {
     "elic": ("Elic2022Official", 0.0016),
     "mbt2018_mean_cpu": ("MeanScaleHyperprior", 0.0067),
+    "mbt2018_mean_vbr_cpu": ("MeanScaleHyperpriorVbrAtRate", 0.0067),  # its middle rate: the shipped lambda
     "cheng2020_checkerboard": ("Cheng2020AnchorCheckerboard", 0.0067),
     "bmshj2018_hyperprior_vbr": ("ScaleHyperpriorVbrAtRate", 0.18),
     "mbt2018_mean_vbr": ("MeanScaleHyperpriorVbrAtRate", 0.18),

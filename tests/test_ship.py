@@ -269,3 +269,63 @@ def test_a_shipped_file_of_equal_weights_is_kept_byte_for_byte(tmp_path):
     path.write_bytes(b"truncated")  # a file that is not weights is replaced, not an error
     write_state(path, state)
     assert equal_states(torch.load(path, weights_only=True), state)
+
+
+def test_a_variable_rate_run_ships_as_one_file_with_a_card_per_rate(tmp_path, weights_dir, monkeypatch):
+    # A tiny mbt2018-mean-vbr trained every rate, starting from a fixed-rate mbt2018-mean's weights: it
+    # ships as one file that codes each rate to the bytes of that rate's card, at that rate's lambda; the
+    # learning curve is in the card of the rate it validated at.
+    spec = {**SHIPPED["mbt2018_mean_vbr_cpu"], "widths": (16, 24)}
+    monkeypatch.setitem(SHIPPED, "vbr_tiny", spec)
+    fixed = tmp_path / "fixed.pth"
+    torch.manual_seed(0)
+    torch.save(build_codec("mbt2018_mean", N=16, M=24).state_dict(), fixed)
+    overrides = [
+        "model=mbt2018_mean_vbr_cpu", "model.codec.arch=vbr_tiny", "model.N=16", "model.M=24",
+        f"model.weights={fixed}",
+    ]  # fmt: skip
+    cfg = compose_config(tmp_path / "run", *TINY, *overrides)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+    monkeypatch.setattr(
+        sys, "argv", ["codecs_rd.py", "--arch", "vbr_tiny", "--ship", str(run), "--out", str(tmp_path / "b")]
+    )
+    codecs_rd.main()
+    path = weights_dir / "vbr_tiny-mse.pth"
+    assert sorted(p.name for p in weights_dir.iterdir()) == [
+        "vbr_tiny-mse-q1.json", "vbr_tiny-mse-q2.json", "vbr_tiny-mse-q3.json", "vbr_tiny-mse.pth"
+    ]  # fmt: skip
+    _, x = codecs_rd.sample_photos()
+    for quality, lmbda in zip((1, 2, 3), (0.0025, 0.0067, 0.018), strict=True):
+        card = json.loads(codecs.shipped_card("vbr_tiny", "mse", quality).read_text())
+        assert (card["file"], card["sha256"]) == (path.name, file_sha256(path))
+        assert (card["quality"], card["lmbda"]) == (quality, lmbda)
+        assert ("learning_curve" in card) == (quality == 2)  # model.rate=2 validated
+        codec = build_codec("vbr_tiny", quality=quality, pretrained=True).eval()
+        assert codec.rate == quality
+        codec.update(force=True)
+        assert compress_decompress(codec, x)[1].tolist() == card["clean"]["learned"]["bpp"]
+
+
+def test_a_variable_rate_codec_starts_from_its_fixed_rate_architectures_weights(tmp_path):
+    # The shipped fixed-rate mbt2018-mean loads into the CPU mbt2018-mean-vbr: every weight they share is
+    # the fixed-rate one (the bottleneck's under its variable-rate names), the gains are the shipped ones.
+    # The scale hyperprior's weights are not of its architecture and are refused.
+    fixed = shipped_weights("mbt2018_mean_cpu", "mse", 2)
+    state = torch.load(fixed, weights_only=True)
+    codec = codecs.load_weights(build_codec("mbt2018_mean_vbr_cpu", quality=2), fixed)
+    loaded = codec.state_dict()
+    shared = [k for k in state if not k.startswith("entropy_bottleneck.") or k.endswith("quantiles")]
+    assert equal_states({k: loaded[k] for k in shared}, {k: state[k] for k in shared})
+    for i in range(5):
+        assert torch.equal(
+            loaded[f"entropy_bottleneck._matrix{i}"], state[f"entropy_bottleneck.matrices.{i}"]
+        )
+        assert torch.equal(loaded[f"entropy_bottleneck._bias{i}"], state[f"entropy_bottleneck.biases.{i}"])
+    assert loaded["Gain"].tolist() == pytest.approx([0.611, 1.0, 1.639])
+    with pytest.raises(ValueError, match="does not fit MeanScaleHyperpriorVbrAtRate"):
+        codecs.load_weights(codec, shipped_weights("bmshj2018_hyperprior_cpu", "mse", 2))
+    with pytest.raises(ValueError, match=r"model.gains=\[1.0, 0.5\] must be positive and increasing"):
+        build_codec("mbt2018_mean_vbr", quality=1, N=16, M=24, rate=1, gains=[1, 0.5])

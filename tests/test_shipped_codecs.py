@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from rnic import rd
-from rnic.codecs import SHIPPED, build_codec, qualities, rd_lambda, shipped_weights
+from rnic.codecs import SHIPPED, build_codec, qualities, rd_lambda, shipped_card, shipped_weights
 from rnic.coding import compress_decompress
 from rnic.config import attack_spec
 from rnic.data import SampleImages, read_image
@@ -24,7 +24,7 @@ ARCH = "bmshj2018_hyperprior_cpu"
 
 
 def card_of(quality: int, arch: str = ARCH) -> dict:
-    return json.loads(shipped_weights(arch, "mse", quality).with_suffix(".json").read_text())
+    return json.loads(shipped_card(arch, "mse", quality).read_text())
 
 
 @pytest.fixture(scope="module")
