@@ -71,7 +71,7 @@ def test_the_rate_points_beat_jpeg_at_the_same_rate():
 # The robust finetunings that ship: architecture, quality, method.
 ROBUST = [
     (ARCH, 1, "mix"), (ARCH, 2, "mix"), (ARCH, 3, "mix"), (ARCH, 2, "fast"),
-    ("elic_cpu", 2, "mix"), ("tcm_cpu", 2, "mix"),
+    ("mbt2018_mean_cpu", 2, "mix"), ("elic_cpu", 2, "mix"), ("tcm_cpu", 2, "mix"),
 ]  # fmt: skip
 
 
