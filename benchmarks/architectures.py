@@ -58,6 +58,7 @@ from rnic.report.bd import bd_or_none
 ROWS = {
     "hyperprior_cpu": "model=bmshj2018_hyperprior_cpu model.quality={quality}",
     "mbt2018_mean_cpu": "model=mbt2018_mean_cpu model.quality={quality}",
+    "mbt2018_mean_vbr_cpu": "model=mbt2018_mean_vbr_cpu model.rate={quality}",  # one file, every rate
     "elic_cpu": "model=elic_cpu model.quality={quality}",
     "tcm_cpu": "model=tcm_cpu model.quality={quality}",
 }

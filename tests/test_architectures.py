@@ -115,3 +115,20 @@ def test_quick_mode_measures_two_tiny_codecs(tmp_path, monkeypatch):
     architectures.main()
     measured = json.loads((out / "architectures.json").read_text())["rows"]
     assert measured["hyperprior"]["parameters"] == -1 and measured["factorized"]["parameters"] > 0
+
+
+def test_every_shipped_row_builds_its_shipped_codec_at_each_rate_point(tmp_path):
+    # Each row of the study is attack.py's overrides of a shipped codec: at every rate point they load
+    # that point's shipped weights (a variable-rate codec's rate, not a quality of its own).
+    from rnic.codecs import SHIPPED, qualities
+    from rnic.io import equal_states
+
+    arches = {"hyperprior_cpu": "bmshj2018_hyperprior_cpu"}
+    assert {arches.get(name, name) for name in architectures.ROWS} == set(SHIPPED)
+    for name, template in architectures.ROWS.items():
+        arch = arches.get(name, name)
+        for quality in qualities(arch):
+            codec = architectures.build_row_codec(template, quality, 256, tmp_path / name)
+            shipped = build_codec(arch, quality=quality, pretrained=True)
+            assert equal_states(codec.state_dict(), shipped.state_dict()), (name, quality)
+            assert getattr(codec, "rate", quality) == quality, name
