@@ -132,3 +132,16 @@ def test_every_shipped_row_builds_its_shipped_codec_at_each_rate_point(tmp_path)
             shipped = build_codec(arch, quality=quality, pretrained=True)
             assert equal_states(codec.state_dict(), shipped.state_dict()), (name, quality)
             assert getattr(codec, "rate", quality) == quality, name
+
+
+def test_coding_speed_times_the_shipped_codecs_side_by_side(monkeypatch, capsys):
+    import coding_speed
+
+    arches = ["mbt2018_mean_cpu", "mbt2018_mean_vbr_cpu"]
+    argv = ["coding_speed.py", "--arch", *arches, "--rounds", "1", "--images", "2", "--crop", "64"]
+    monkeypatch.setattr(sys, "argv", argv)
+    coding_speed.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[0] in arches]
+    assert [row[0] for row in rows] == arches
+    assert rows[0][2] == rows[0][4] == "1.00"  # the first codec is the unit
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows)
