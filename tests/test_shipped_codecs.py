@@ -72,13 +72,14 @@ def test_the_rate_points_beat_jpeg_at_the_same_rate():
 ROBUST = [
     (ARCH, 1, "mix"), (ARCH, 2, "mix"), (ARCH, 3, "mix"), (ARCH, 2, "fast"),
     ("mbt2018_mean_cpu", 2, "mix"), ("elic_cpu", 2, "mix"), ("tcm_cpu", 2, "mix"),
+    ("mbt2018_mean_vbr_cpu", 2, "mix"),  # one file for every rate, measured at rate 2
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("arch, quality, method", ROBUST)
 def test_the_robust_weights_code_the_bitstreams_their_card_records(crops_by_name, arch, quality, method):
     path = shipped_weights(arch, "mse", quality, method)
-    card = json.loads(path.with_suffix(".json").read_text())
+    card = json.loads(shipped_card(arch, "mse", quality, method).read_text())
     assert (
         file_sha256(path) == card["sha256"]
         and card["started_from"] == shipped_weights(arch, "mse", quality).name
@@ -106,7 +107,7 @@ def test_the_mix_weights_are_the_tours_method_at_each_quality(tmp_path):
     cfg = compose_config(tmp_path, "experiment=cpu_tour")
     spec, (eps,) = attack_spec(cfg.attack)
     for quality in qualities(ARCH):
-        card = json.loads(shipped_weights(ARCH, "mse", quality, "mix").with_suffix(".json").read_text())
+        card = json.loads(shipped_card(ARCH, "mse", quality, "mix").read_text())
         trained = card["trained_against"]
         assert trained["attack"] == spec["_target_"] and trained["eps"] == eps
         for key in ("objective", "threat", "alpha", "steps", "proxy"):
@@ -121,10 +122,10 @@ def test_every_robust_card_records_its_adversary_and_a_command_that_composes_to_
     # records (the fast weights were trained against the clean reconstruction, before the tour's default
     # became the source), and no card names a folder of the machine that made it.
     for arch, quality, method in ROBUST:
-        path = shipped_weights(arch, "mse", quality, method)
-        card = json.loads(path.with_suffix(".json").read_text())
+        path = shipped_card(arch, "mse", quality, method)
+        card = json.loads(path.read_text())
         script, *overrides = card["command"].removeprefix("python ").split()
-        assert script == "train.py" and "/work/" not in path.with_suffix(".json").read_text()
+        assert script == "train.py" and "/work/" not in path.read_text()
         cfg = compose_config(tmp_path, *overrides)
         spec, (eps,) = attack_spec(cfg.attack)
         trained = card["trained_against"]
@@ -172,7 +173,7 @@ def test_a_run_on_shipped_weights_records_the_file_and_its_hash(tmp_path, robust
     assert config.model.pretrained_file == str(path) and config.model.pretrained_sha256 == file_sha256(path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["key"]["weights_sha256"] == file_sha256(path)
-    shipped = json.loads(path.with_suffix(".json").read_text())
+    shipped = json.loads(shipped_card(ARCH, "mse", 2, robust).read_text())
     psnr = (
         shipped["evaluations"]["linf"]["per_image"]["psnr_clean"]
         if robust
