@@ -96,10 +96,15 @@ def is_variable_rate_shipped(arch: str) -> bool:
     return family is not None and "rate" in family.options
 
 
+def _shipped_file(arch: str, metric: str, quality: int | None, robust: str | None, suffix: str) -> Path:
+    rate = "" if quality is None else f"-q{int(quality)}"
+    return WEIGHTS_DIR / f"{arch}-{metric}{rate}{f'-{robust}' if robust else ''}{suffix}"
+
+
 def shipped_path(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
     """Where the shipped weights that code `arch` at `quality` are, or would be written."""
-    rate = "" if is_variable_rate_shipped(arch) else f"-q{int(quality)}"
-    return WEIGHTS_DIR / f"{arch}-{metric}{rate}{f'-{robust}' if robust else ''}.pth"
+    per_rate = None if is_variable_rate_shipped(arch) else quality
+    return _shipped_file(arch, metric, per_rate, robust, ".pth")
 
 
 def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
@@ -120,7 +125,7 @@ def shipped_weights(arch: str, metric: str, quality: int, robust: str | None = N
 def shipped_card(arch: str, metric: str, quality: int, robust: str | None = None) -> Path:
     """The card of a shipped rate point: beside its weights file, one per quality (a variable-rate codec's
     rates share one weights file and have a card each)."""
-    return WEIGHTS_DIR / f"{arch}-{metric}-q{int(quality)}{f'-{robust}' if robust else ''}.json"
+    return _shipped_file(arch, metric, quality, robust, ".json")
 
 
 def shipped_architecture(arch: str) -> dict:
@@ -262,13 +267,12 @@ def build_shipped(
     spec = SHIPPED[arch]
     shipped_options = spec.get("options", {})
     options = dict(options or {})
-    if is_variable_rate_shipped(arch):  # its quality is its rate
-        rate = options.pop("rate", quality)
-        if rate != quality:
-            raise ValueError(
-                f"model.quality={quality} differs from model.rate={rate}: model={arch} codes at model.rate "
-                "(its quality); set model.rate only"
-            )
+    # A variable-rate codec: its quality is its rate.
+    rate = (
+        {"rate": check_rate(arch, quality, options.pop("rate", quality))}
+        if is_variable_rate_shipped(arch)
+        else {}
+    )
     unknown = sorted(set(options) - set(shipped_options))
     if unknown:
         raise ValueError(f"model.{unknown[0]} is not a setting of model={arch}")
@@ -295,13 +299,21 @@ def build_shipped(
                 f"model.{key}={_plain(settings[key])} cannot be combined with model.pretrained=true: "
                 f"{arch} was trained with model.{key}={_plain(shipped)}"
             )
-    if is_variable_rate_shipped(arch):
-        codec = FAMILIES[spec["family"]].make(*widths, rate=int(quality), **settings)
-    elif "family" in spec:
-        codec = FAMILIES[spec["family"]].make(*widths, **settings)
+    if "family" in spec:
+        codec = FAMILIES[spec["family"]].make(*widths, **rate, **settings)
     else:
         codec = zoo_image.model_architectures[spec["zoo"]](*widths)
     return load_weights(codec, shipped_weights(arch, metric, quality, robust)) if pretrained else codec
+
+
+def check_rate(arch: str, quality: int, rate) -> int:
+    """A variable-rate codec's rate, refused unless it is its quality (which follows it in the configs)."""
+    if rate != quality:
+        raise ValueError(
+            f"model.quality={quality} differs from model.rate={rate}: model={arch} codes at model.rate "
+            "(its quality); set model.rate only"
+        )
+    return int(rate)
 
 
 def _plain(value):
@@ -322,11 +334,7 @@ def build_family(
         raise ValueError(f"model.{unknown[0]} is not a setting of model={arch}")
     codec_options = {key: value for key, value in options.items() if value is not None}
     if "rate" in family.options:  # a variable-rate codec: its quality is its rate
-        if quality != options.get("rate"):
-            raise ValueError(
-                f"model.quality={quality} differs from model.rate={options.get('rate')}: model={arch} codes "
-                "at model.rate (its quality); set model.rate only"
-            )
+        check_rate(arch, quality, options.get("rate"))
     elif int(quality) not in qualities(arch):
         raise ValueError(f"model.quality={quality} is out of range for {arch}; choose 1..{family.qualities}")
     if M is not None and len(family.widths) == 1:
