@@ -201,7 +201,9 @@ def test_a_bd_figure_without_a_common_range_is_none_in_the_results():
     json.dumps(summary, allow_nan=False)
 
 
-def test_ship_robust_writes_nothing_unless_the_control_is_complete(tmp_path, weights_dir, monkeypatch):
+def test_ship_robust_needs_a_complete_control_and_adds_evaluations_of_the_shipped_weights(
+    tmp_path, weights_dir, monkeypatch
+):
     # A robust run and its equal-compute control (tiny codec, a few passes, attack=auto cut short): while
     # the control's evaluation is unfinished (no results.json yet) shipping is refused before any file is
     # written; once it is there, the weights ship with a card whose evaluations are the run's.
@@ -238,6 +240,62 @@ def test_ship_robust_writes_nothing_unless_the_control_is_complete(tmp_path, wei
     path = weights_dir / "hyperprior_tiny-mse-q2-mix.pth"
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(path) and set(card["evaluations"]) == {"linf"}
+
+    # --card: the shipped weights attacked on the test photos by attack.py, beside the control's robust_eval
+    # of the same attack there, join the card; other weights, another control or attack are refused.
+    from rnic.evaluation import evaluate_robustness
+    from rnic.robust_eval import robust_evaluation
+
+    control_cfg = OmegaConf.load(runs["control"] / "config.yaml")
+    control_cfg.robust_eval.update(splits=["test"], max_images=2)
+    robust_evaluation(control_cfg, runs["control"] / "checkpoints" / "final.ckpt")
+    job = OmegaConf.load(runs["control"] / "robust_eval" / "linf_test" / "config.yaml")
+    attacked = {}
+    for name, robust in (("shipped", "mix"), ("base", None)):  # the shipped robust weights, and others
+        job.model.update(weights=None, pretrained=True, robust=robust)
+        job.model.codec.update(pretrained=True, robust=robust)
+        job.paths.output_dir = str(attacked.setdefault(name, tmp_path / f"attack_{name}"))
+        evaluate_robustness(job)
+    card_path = path.with_suffix(".json")
+    add = [
+        "ship_robust.py",
+        str(attacked["shipped"]),
+        "--control",
+        str(runs["control"]),
+        "--card",
+        str(card_path),
+    ]
+    for argv, message in (
+        (
+            [*add[:1], str(attacked["base"]), *add[2:]],
+            "attacked other weights than hyperprior_tiny-mse-q2-mix.pth",
+        ),
+        ([*add[:3], str(runs["robust"]), *add[4:]], "trains otherwise than the card's control"),
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit, match=message):
+            ship_robust.main()
+        assert json.loads(card_path.read_text()) == card
+    monkeypatch.setattr(sys, "argv", add)
+    ship_robust.main()
+    added = json.loads(card_path.read_text())
+    assert {k: v for k, v in added["evaluations"].items() if k != "linf_test"} == card["evaluations"]
+    test_split = added["evaluations"]["linf_test"]
+    control_results = json.loads((runs["control"] / "robust_eval" / "linf_test" / "results.json").read_text())
+    assert (
+        test_split["weights"] == path.name and test_split["attack"] == card["evaluations"]["linf"]["attack"]
+    )
+    assert added["control"]["evaluations"]["linf_test"]["mean"]["psnr_adv"] == pytest.approx(
+        control_results["mean"]["psnr_adv"]
+    )
+    gains = [
+        a - c["psnr_adv"]
+        for a, c in zip(test_split["per_image"]["psnr_adv"], control_results["images"], strict=True)
+    ]
+    assert added["gain_psnr_adv"]["linf_test"]["mean"] == pytest.approx(sum(gains) / len(gains))
+    monkeypatch.setattr(sys, "argv", add)
+    with pytest.raises(SystemExit, match="holds a linf_test evaluation already"):
+        ship_robust.main()
 
 
 def test_equal_weights_are_written_as_equal_files(tmp_path):
