@@ -98,6 +98,15 @@ def test_importing_the_attacks_does_not_import_lightning():
     assert result.stdout.strip() == "False", result.stderr
 
 
+def test_report_py_starts_without_the_codec_and_metric_libraries():
+    # report.py reads results files: CompressAI, torchmetrics and Lightning (~3 s, 5 s, 5 s to import)
+    # are loaded only by what uses them.
+    libraries = "{'compressai', 'torchmetrics', 'lightning'}"
+    code = f"import sys, rnic.commands.report; print(sorted({libraries} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_a_small_val_crop_neither_crashes_nor_logs_nan(tiny_cfg, tmp_path, capsys):
     train(tiny_cfg("data.val_crop=170", "attack=linf", "attack.steps=1"))  # 161..175 crashed before
     final = strict_json(tmp_path / "final_metrics.json")
