@@ -45,12 +45,20 @@ def stride(codec: nn.Module) -> int:
     return int(getattr(codec, "downsampling_factor", DEFAULT_STRIDE))
 
 
-def pad(x: Tensor, multiple: int = DEFAULT_STRIDE) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Zero-pad to a multiple of `multiple` (centred, as CompressAI's evaluation does); also the unpad."""
+def padding(
+    height: int, width: int, multiple: int = DEFAULT_STRIDE
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The padding of an image of this size to a multiple of `multiple` (centred, as CompressAI's evaluation
+    does), and the unpadding that undoes it."""
     from compressai.ops import compute_padding
 
-    padding, unpadding = compute_padding(x.shape[-2], x.shape[-1], min_div=multiple)
-    return F.pad(x, padding, mode="constant", value=0), unpadding
+    return compute_padding(height, width, min_div=multiple)
+
+
+def pad(x: Tensor, multiple: int = DEFAULT_STRIDE) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Zero-pad to a multiple of `multiple` (`padding`); also the unpad."""
+    pads, unpadding = padding(x.shape[-2], x.shape[-1], multiple)
+    return F.pad(x, pads, mode="constant", value=0), unpadding
 
 
 def unpad(x: Tensor, unpadding: tuple[int, int, int, int]) -> Tensor:

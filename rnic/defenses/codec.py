@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
-from compressai.ops import compute_padding
 from torch import Tensor, nn
 
 from rnic import rd
@@ -198,7 +197,7 @@ class DefendedCodec(nn.Module):
                 streams = [[stream[i]] for stream in strings[:-1]]
                 decoded = self.codec.decompress(streams, shape["inner"][i])["x_hat"]
                 h, w = self.choosing.variant_size(core_size, k)
-                _, unpadding = compute_padding(h, w, min_div=self.inner_stride)
+                _, unpadding = rd.padding(h, w, self.inner_stride)
                 images.append(self.choosing.undo(rd.unpad(decoded, unpadding), k))
         x_hat = torch.cat(images)
         params = [
