@@ -16,10 +16,9 @@ import argparse
 import statistics
 
 import torch
-from torchvision.transforms import v2
+from architectures import val_photos  # benchmarks/, beside this script
 
 from rnic.codecs import SHIPPED, build_codec
-from rnic.data import SampleImages, read_image
 from rnic.evaluation.pairs import coding_time
 
 
@@ -33,8 +32,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="the first N val photos")
     parser.add_argument("--crop", type=int, default=256)
     args = parser.parse_args()
-    photos = SampleImages().splits()["val"][: args.images]
-    x = torch.stack([v2.CenterCrop(args.crop)(read_image(p)) for p in photos])
+    _, x = val_photos(args.images, args.crop)
     codecs = {}
     for arch in args.arch:
         codecs[arch] = build_codec(arch, quality=args.quality, pretrained=True).eval()
