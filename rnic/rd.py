@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
 # CompressAI and torchmetrics are imported where they are used: report.py reads results through this
-# module and starts in a third of the time without them (importing compressai alone takes ~3 s).
+# module and starts in half the time without them (importing compressai alone takes ~3 s).
 
 DEFAULT_STRIDE = 64  # for a codec that does not say; the zoo codecs with a hyperprior downsample by 2**6
 
