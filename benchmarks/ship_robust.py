@@ -165,9 +165,10 @@ def what_trains(command: str) -> dict:
 
 def add_evaluation(card_path: Path, attack_run: Path, control: Path) -> tuple[dict, str]:
     """The shipped card at `card_path` with the evaluation of its weights in `attack_run` (an attack.py
-    folder) and the same attack on the same photos in `control`'s robust_eval (a run of the card's control
-    command), with the paired gain; and its name (the control's robust_eval folder, e.g. mse_test). Refuses
-    anything else: other weights, another control command, an attack the card's evaluations did not run."""
+    folder) and the same attack on the same photos in `control`'s robust_eval (a run that trains as the
+    card's control command does), with the paired gain; and its name (the control's robust_eval folder, e.g.
+    mse_test). Refuses anything else: other weights, another training, an attack the card's evaluations did
+    not run."""
     robust_card = json.loads(card_path.read_text())
     added = evaluation(attack_run / "results.json")
     key = json.loads((attack_run / "results.json").read_text())["key"]
